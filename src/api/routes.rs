@@ -1,0 +1,612 @@
+//! Request → response handlers. Pure functions of the request head and the cache: no sockets,
+//! so tests call [`Api::handle`] directly.
+//!
+//! Check order follows WCP: (connection limit, in the listener) → `X-Forwarded-For` and token →
+//! method → route → query → cache. So an unauthenticated `POST` gets 403, not 405. Compatible
+//! routes answer errors in the peers' shapes; native routes use `{"code","message"}` JSON.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::auth::Auth;
+use super::dto::{
+    self, AwsError, NativeError, NativeParameter, NativeSecret, ParameterEnvelope, Resp, SecretDto,
+};
+use super::query::{self, flag};
+use crate::cache::{Cache, CacheError, Hit};
+use crate::config::ApiConfig;
+use crate::refs::{self, RefKind, Select, SelectError};
+use crate::source::{ErrorKind, Fetched, Key, ParamSelector, PathKey, Payload, SecretKey};
+
+/// Longest accepted request target (path + query).
+const MAX_URI: usize = 8 * 1024;
+
+/// The HTTP API.
+pub struct Api {
+    cache: Cache,
+    auth: Arc<Auth>,
+    prefix: String,
+    strict: bool,
+    ready: Arc<AtomicBool>,
+}
+
+/// Which error dialect a path speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Compat,
+    Native,
+}
+
+/// A local (non-backend) error with both dialects' wording.
+struct Reject {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+type Pairs = Vec<(String, String)>;
+
+// === Api ===
+
+impl Api {
+    /// An API over `cache`, guarded by `auth`; `/readyz` reports `ready`.
+    pub fn new(cache: Cache, auth: Arc<Auth>, cfg: &ApiConfig, ready: Arc<AtomicBool>) -> Self {
+        Self {
+            cache,
+            auth,
+            prefix: cfg.path_prefix.clone(),
+            strict: cfg.strict_query,
+            ready,
+        }
+    }
+
+    /// Handles one request.
+    pub async fn handle<B>(&self, req: &Request<B>) -> Resp {
+        let path = req.uri().path();
+        let family = if matches!(
+            path,
+            "/secret" | "/parameter" | "/parameters" | "/readyz" | "/healthz"
+        ) {
+            Family::Native
+        } else {
+            Family::Compat
+        };
+        match self.route(req).await {
+            Ok(resp) => resp,
+            Err(r) => r.into_response(family),
+        }
+    }
+
+    async fn route<B>(&self, req: &Request<B>) -> Result<Resp, Reject> {
+        let path = req.uri().path();
+        let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if target_len > MAX_URI {
+            return Err(Reject::new(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                "URI too long",
+            ));
+        }
+        let get = req.method() == Method::GET;
+        match (path, get) {
+            ("/ping", true) => return Ok(dto::text(StatusCode::OK, "healthy")),
+            ("/healthz", true) => return Ok(status_body(StatusCode::OK, "ok")),
+            ("/ping" | "/healthz", false) => return Err(Reject::method()),
+            _ => {}
+        }
+        if req.headers().contains_key("x-forwarded-for") {
+            return Err(Reject::new(
+                StatusCode::BAD_REQUEST,
+                "forwarded",
+                "Forwarded",
+            ));
+        }
+        if !self.auth.check(req.headers()) {
+            return Err(Reject::new(StatusCode::FORBIDDEN, "bad_token", "Bad Token"));
+        }
+        if !get {
+            return Err(Reject::method());
+        }
+        let query = req.uri().query().unwrap_or("");
+        match path {
+            "/secretsmanager/get" => self.psle_secret(query).await,
+            "/systemsmanager/parameters/get" | "/systemsmanager/parameters/get/" => {
+                self.psle_parameter(query).await
+            }
+            "/secret" => self.native_secret(query).await,
+            "/parameter" => self.native_parameter(query).await,
+            "/parameters" => self.native_path(query).await,
+            "/readyz" if self.ready.load(Ordering::Acquire) => {
+                Ok(status_body(StatusCode::OK, "ready"))
+            }
+            "/readyz" => Ok(status_body(StatusCode::SERVICE_UNAVAILABLE, "starting")),
+            p => match p.strip_prefix(self.prefix.as_str()) {
+                Some(id) => self.wcp_path(id, query).await,
+                None => Err(Reject::new(StatusCode::NOT_FOUND, "not_found", "Not found")),
+            },
+        }
+    }
+
+    // --- compatible routes ---
+
+    async fn psle_secret(&self, query: &str) -> Result<Resp, Reject> {
+        let pairs = parse_query(query)?;
+        let id = last(&pairs, "secretId")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Reject::bad("missing parameter secretId"))?;
+        self.compat_secret(id.to_owned(), &pairs, &["secretId"])
+            .await
+    }
+
+    async fn wcp_path(&self, raw_id: &str, query: &str) -> Result<Resp, Reject> {
+        let pairs = parse_query(query)?;
+        let id = query::decode(raw_id, false).map_err(|e| Reject::bad(e.to_string()))?;
+        if id.is_empty() {
+            return Err(Reject::bad("missing secret ID"));
+        }
+        self.compat_secret(id, &pairs, &[]).await
+    }
+
+    async fn compat_secret(
+        &self,
+        id: String,
+        pairs: &Pairs,
+        extra: &[&str],
+    ) -> Result<Resp, Reject> {
+        self.check_known(
+            pairs,
+            extra,
+            &["versionId", "versionStage", "refreshNow"],
+            true,
+        )?;
+        let key = Key::Secret(SecretKey {
+            id,
+            version_id: last(pairs, "versionId").map(str::to_owned),
+            version_stage: last(pairs, "versionStage").map(str::to_owned),
+        });
+        let force = refresh_now(pairs)?;
+        Ok(compat_answer(self.cache.get(&key, force).await))
+    }
+
+    async fn psle_parameter(&self, query: &str) -> Result<Resp, Reject> {
+        let pairs = parse_query(query)?;
+        self.check_known(
+            &pairs,
+            &["name", "version", "label", "withDecryption", "refreshNow"],
+            &[],
+            true,
+        )?;
+        let name = last(&pairs, "name")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Reject::bad("missing parameter name"))?;
+        let decrypt = bool_param(&pairs, "withDecryption", false)?;
+        // PSLE: "either a version or a label"; if both are sent, the first one wins.
+        let selector = pairs.iter().find(|(k, _)| k == "version" || k == "label");
+        let key = param_key(name, decrypt, selector)?;
+        let force = refresh_now(&pairs)?;
+        Ok(compat_answer(self.cache.get(&key, force).await))
+    }
+
+    /// Unknown parameters: ignored (debug log) unless strict; native routes are always strict.
+    fn check_known(
+        &self,
+        pairs: &Pairs,
+        a: &[&str],
+        b: &[&str],
+        compat: bool,
+    ) -> Result<(), Reject> {
+        for (k, _) in pairs {
+            if a.contains(&k.as_str()) || b.contains(&k.as_str()) {
+                continue;
+            }
+            if compat && !self.strict {
+                tracing::debug!(parameter = %k, "Ignoring unknown query parameter.");
+                continue;
+            }
+            return Err(Reject::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_parameter",
+                format!("unknown parameter: {k}"),
+            ));
+        }
+        Ok(())
+    }
+
+    // --- native routes ---
+
+    async fn native_secret(&self, query: &str) -> Result<Resp, Reject> {
+        let pairs = parse_query(query)?;
+        self.check_known(
+            &pairs,
+            &["id", "versionStage", "versionId"],
+            SELECT_PARAMS,
+            false,
+        )?;
+        let id = required(&pairs, "id")?;
+        let r = refs::parse(id, RefKind::Secret, true)
+            .map_err(|e| Reject::invalid_ref(e.to_string()))?;
+        let Key::Secret(mut key) = r.key else {
+            return Err(Reject::invalid_ref(
+                "not a Secrets Manager reference; use /parameter".into(),
+            ));
+        };
+        for (param, slot) in [
+            ("versionStage", &mut key.version_stage),
+            ("versionId", &mut key.version_id),
+        ] {
+            if let Some(v) = last(&pairs, param) {
+                if slot.is_some() {
+                    return Err(Reject::invalid_ref(format!("{param} given twice")));
+                }
+                *slot = Some(v.to_owned());
+            }
+        }
+        let select = selection(&pairs, r.select)?;
+        let raw = bool_param(&pairs, "raw", false)?;
+        let hit = self.native_get(&Key::Secret(key), &pairs).await?;
+        let Fetched::Secret(s) = &hit.entry.value else {
+            return Err(Reject::internal());
+        };
+        let (value, encoding) = match &s.payload {
+            Payload::Text(t) => (select_value(t.expose_secret(), select.as_ref())?, None),
+            Payload::Binary(b) if select.is_none() => {
+                if raw {
+                    let body = Bytes::copy_from_slice(b.expose_secret());
+                    return Ok(fresh(
+                        dto::build(StatusCode::OK, "application/octet-stream", body),
+                        &hit,
+                    ));
+                }
+                let b64 =
+                    base64::Engine::encode(&base64::prelude::BASE64_STANDARD, b.expose_secret());
+                (Value::String(b64), Some("base64"))
+            }
+            Payload::Binary(_) => {
+                return Err(Reject::new(
+                    StatusCode::BAD_REQUEST,
+                    "not_json",
+                    "cannot select from a binary secret",
+                ));
+            }
+        };
+        if raw {
+            return Ok(fresh(raw_body(&value), &hit));
+        }
+        let body = NativeSecret {
+            name: &s.name,
+            arn: &s.arn,
+            version_id: &s.version_id,
+            version_stages: &s.version_stages,
+            created_date: s.created_date.map(|t| t.to_string()),
+            value,
+            encoding,
+        };
+        Ok(fresh(dto::json(StatusCode::OK, &body), &hit))
+    }
+
+    async fn native_parameter(&self, query: &str) -> Result<Resp, Reject> {
+        let pairs = parse_query(query)?;
+        self.check_known(
+            &pairs,
+            &["name", "version", "label", "withDecryption"],
+            SELECT_PARAMS,
+            false,
+        )?;
+        let name = required(&pairs, "name")?;
+        let decrypt = bool_param(&pairs, "withDecryption", true)?;
+        let selector = pairs.iter().find(|(k, _)| k == "version" || k == "label");
+        let key = param_key(name, decrypt, selector)?;
+        let select = selection(&pairs, None)?;
+        let raw = bool_param(&pairs, "raw", false)?;
+        let hit = self.native_get(&key, &pairs).await?;
+        let Fetched::Parameter(p) = &hit.entry.value else {
+            return Err(Reject::internal());
+        };
+        let value = select_value(p.value.expose_secret(), select.as_ref())?;
+        if raw {
+            return Ok(fresh(raw_body(&value), &hit));
+        }
+        let body = NativeParameter {
+            name: &p.name,
+            arn: &p.arn,
+            kind: &p.kind,
+            version: p.version,
+            selector: p.selector.as_deref(),
+            last_modified_date: p.last_modified.map(|t| t.to_string()),
+            value,
+        };
+        Ok(fresh(dto::json(StatusCode::OK, &body), &hit))
+    }
+
+    async fn native_path(&self, query: &str) -> Result<Resp, Reject> {
+        let pairs = parse_query(query)?;
+        self.check_known(
+            &pairs,
+            &["path", "recursive", "withDecryption", "refreshNow"],
+            &[],
+            false,
+        )?;
+        let path = required(&pairs, "path")?;
+        if !path.starts_with('/') {
+            return Err(Reject::invalid_ref("path must start with /".into()));
+        }
+        let trimmed = path.trim_end_matches('/');
+        let key = Key::Path(PathKey {
+            path: if trimmed.is_empty() {
+                "/".into()
+            } else {
+                trimmed.into()
+            },
+            recursive: bool_param(&pairs, "recursive", false)?,
+            decrypt: bool_param(&pairs, "withDecryption", true)?,
+        });
+        let hit = self.native_get(&key, &pairs).await?;
+        let Fetched::Path(params) = &hit.entry.value else {
+            return Err(Reject::internal());
+        };
+        let map: serde_json::Map<String, Value> = params
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    Value::String(p.value.expose_secret().to_owned()),
+                )
+            })
+            .collect();
+        Ok(fresh(dto::json(StatusCode::OK, &map), &hit))
+    }
+
+    async fn native_get(&self, key: &Key, pairs: &Pairs) -> Result<Hit, Reject> {
+        let force = refresh_now(pairs)?;
+        self.cache.get(key, force).await.map_err(native_error)
+    }
+}
+
+const SELECT_PARAMS: &[&str] = &["key", "pointer", "raw", "refreshNow"];
+
+// === helpers ===
+
+fn parse_query(q: &str) -> Result<Pairs, Reject> {
+    query::parse(q).map_err(|e| Reject::bad(e.to_string()))
+}
+
+/// The last value of `name` (duplicates: last wins, as WCP).
+fn last<'a>(pairs: &'a Pairs, name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn required<'a>(pairs: &'a Pairs, name: &str) -> Result<&'a str, Reject> {
+    last(pairs, name).filter(|s| !s.is_empty()).ok_or_else(|| {
+        Reject::new(
+            StatusCode::BAD_REQUEST,
+            "missing_parameter",
+            format!("missing parameter {name}"),
+        )
+    })
+}
+
+fn bool_param(pairs: &Pairs, name: &str, default: bool) -> Result<bool, Reject> {
+    match last(pairs, name) {
+        None => Ok(default),
+        Some(v) => flag(v).ok_or_else(|| {
+            Reject::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                format!("invalid {name} value"),
+            )
+        }),
+    }
+}
+
+fn refresh_now(pairs: &Pairs) -> Result<bool, Reject> {
+    bool_param(pairs, "refreshNow", false)
+}
+
+/// A parameter key from a name REF plus an optional `version`/`label` query parameter.
+fn param_key(
+    name: &str,
+    decrypt: bool,
+    selector: Option<&(String, String)>,
+) -> Result<Key, Reject> {
+    let r = refs::parse(name, RefKind::Parameter, decrypt)
+        .map_err(|e| Reject::invalid_ref(e.to_string()))?;
+    let Key::Parameter(mut key) = r.key else {
+        return Err(Reject::invalid_ref(
+            "not a Parameter Store reference".into(),
+        ));
+    };
+    key.decrypt = decrypt;
+    if let Some((kind, v)) = selector {
+        if key.selector.is_some() {
+            return Err(Reject::invalid_ref("selector given twice".into()));
+        }
+        key.selector = Some(if kind == "version" {
+            ParamSelector::Version(
+                v.parse()
+                    .map_err(|_| Reject::bad("invalid version value"))?,
+            )
+        } else {
+            ParamSelector::Label(v.clone())
+        });
+    }
+    Ok(Key::Parameter(key))
+}
+
+fn selection(pairs: &Pairs, from_ref: Option<Select>) -> Result<Option<Select>, Reject> {
+    let mut found: Vec<Select> = from_ref.into_iter().collect();
+    found.extend(last(pairs, "key").map(|k| Select::Key(k.to_owned())));
+    found.extend(last(pairs, "pointer").map(|p| Select::Pointer(p.to_owned())));
+    if found.len() > 1 {
+        return Err(Reject::invalid_ref(
+            "give at most one of a REF json-key, key= and pointer=".into(),
+        ));
+    }
+    Ok(found.pop())
+}
+
+/// The whole value as a JSON string, or the selected part of it.
+fn select_value(text: &str, select: Option<&Select>) -> Result<Value, Reject> {
+    let Some(select) = select else {
+        return Ok(Value::String(text.to_owned()));
+    };
+    refs::select(text, select).map_err(|e| match e {
+        SelectError::NotJson => Reject::new(StatusCode::BAD_REQUEST, "not_json", e.to_string()),
+        SelectError::BadPointer => Reject::invalid_ref(e.to_string()),
+        SelectError::Missing => {
+            Reject::new(StatusCode::NOT_FOUND, "json_key_not_found", e.to_string())
+        }
+    })
+}
+
+/// `raw=true`: strings bare, anything else as compact JSON.
+fn raw_body(v: &Value) -> Resp {
+    match v {
+        Value::String(s) => dto::text(StatusCode::OK, s),
+        other => dto::text(StatusCode::OK, &other.to_string()),
+    }
+}
+
+fn status_body(status: StatusCode, word: &str) -> Resp {
+    dto::json(status, &serde_json::json!({ "status": word }))
+}
+
+/// Adds `Age` and, for stale values, `X-Sidekey-Stale: true`.
+fn fresh(mut resp: Resp, hit: &Hit) -> Resp {
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::AGE,
+        HeaderValue::from(hit.entry.age(Instant::now()).as_secs()),
+    );
+    if hit.stale {
+        h.insert("x-sidekey-stale", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+fn compat_answer(result: Result<Hit, CacheError>) -> Resp {
+    let hit = match result {
+        Ok(hit) => hit,
+        Err(CacheError::Source(e)) => {
+            let status = e
+                .status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(match e.kind {
+                    ErrorKind::Transient | ErrorKind::Credentials => {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                    _ => StatusCode::BAD_REQUEST,
+                });
+            return dto::json(status, &AwsError::new(&e.code, &e.message));
+        }
+        Err(e @ CacheError::StaleLimit { .. }) => {
+            return dto::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &AwsError::new("StaleValueExpired", &e.to_string()),
+            );
+        }
+        Err(e @ CacheError::Stopped) => {
+            return dto::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &AwsError::new("ServiceUnavailable", &e.to_string()),
+            );
+        }
+    };
+    let resp = match &hit.entry.value {
+        Fetched::Secret(s) => dto::json(StatusCode::OK, &SecretDto::new(s)),
+        Fetched::Parameter(p) => dto::json(StatusCode::OK, &ParameterEnvelope::new(p)),
+        Fetched::Path(_) => return Reject::internal().into_response(Family::Compat),
+    };
+    fresh(resp, &hit)
+}
+
+fn native_error(e: CacheError) -> Reject {
+    match e {
+        CacheError::Source(e) => {
+            let status = match e.kind {
+                ErrorKind::NotFound => StatusCode::NOT_FOUND,
+                ErrorKind::AccessDenied => StatusCode::FORBIDDEN,
+                ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+                ErrorKind::Throttled => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Transient if e.code == "TimeoutError" => StatusCode::GATEWAY_TIMEOUT,
+                ErrorKind::Transient | ErrorKind::Credentials => StatusCode::BAD_GATEWAY,
+            };
+            Reject::new(
+                status,
+                e.kind.as_str(),
+                format!("{}: {}", e.code, e.message),
+            )
+        }
+        e @ CacheError::StaleLimit { .. } => Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stale_limit_exceeded",
+            e.to_string(),
+        ),
+        e @ CacheError::Stopped => Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            e.to_string(),
+        ),
+    }
+}
+
+// === Reject ===
+
+impl Reject {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn invalid_ref(message: String) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_reference", message)
+    }
+
+    fn method() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Not allowed",
+        )
+    }
+
+    fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected cache entry type",
+        )
+    }
+
+    fn into_response(self, family: Family) -> Resp {
+        match family {
+            Family::Compat => dto::text(self.status, &self.message),
+            Family::Native => dto::json(
+                self.status,
+                &NativeError {
+                    code: self.code,
+                    message: &self.message,
+                },
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

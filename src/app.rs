@@ -1,0 +1,227 @@
+//! Wiring: source → cache (store + scheduler) → API → listeners, plus the control loop.
+//!
+//! Startup is "reload from an empty config": the scheduler gets the configured targets through
+//! the same `configure` call a reload uses. Listeners are bound by the caller and passed in, so
+//! tests bind port 0. All background tasks run on one `TaskTracker` and stop on one token.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, Api, Auth, Listeners, auth::AuthError};
+use crate::cache::Cache;
+use crate::config::{self, Config, ConfigError, LoadOptions, SourceConfig};
+use crate::control::Control;
+use crate::refs::{self, RefKind};
+use crate::source::aws::AwsSource;
+use crate::source::file::FileSource;
+use crate::source::{Fetched, Payload, SharedSource, SourceError};
+
+/// Why the app stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad configuration (exit 64).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No usable token.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A listener could not be bound.
+    #[error("cannot listen: {0}")]
+    Bind(#[source] std::io::Error),
+    /// The source could not be set up, or a one-shot read failed.
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    /// Prefetch failed and the config says to abort.
+    #[error("prefetch failed for {0} item(s) and cache.on_prefetch_error = \"abort\"")]
+    Prefetch(usize),
+    /// A `get` REF was malformed or its selection failed.
+    #[error("{0}")]
+    Ref(String),
+}
+
+/// Everything `run` needs besides listeners and control events.
+pub struct Setup {
+    /// Validated config.
+    pub config: Config,
+    /// How the config was loaded, for reloads.
+    pub load: LoadOptions,
+    /// The value source.
+    pub source: SharedSource,
+}
+
+// === AppError ===
+
+impl AppError {
+    /// Process exit code: 64 for configuration errors, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Config(_) => config::EXIT_CONFIG,
+            _ => 1,
+        }
+    }
+}
+
+/// Builds the configured source. Makes no network call unless `validate_credentials` is set.
+pub async fn build_source(config: &Config) -> Result<SharedSource, AppError> {
+    match &config.source {
+        SourceConfig::Aws => {
+            if config.aws.validate_credentials {
+                AwsSource::validate_credentials(&config.aws).await?;
+            }
+            Ok(Arc::new(AwsSource::new(&config.aws).await))
+        }
+        SourceConfig::File(path) => {
+            let src = FileSource::new(path);
+            src.check()?;
+            Ok(Arc::new(src))
+        }
+    }
+}
+
+/// Serves until `Shutdown` (drain) or `Quit` (no drain) arrives on `control`.
+pub async fn run(
+    setup: Setup,
+    listeners: Listeners,
+    mut control: mpsc::Receiver<Control>,
+) -> Result<(), AppError> {
+    let Setup {
+        mut config,
+        load,
+        source,
+    } = setup;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let auth = Arc::new(Auth::resolve(&config.auth, &load.env)?);
+    let tracker = TaskTracker::new();
+    let background = CancellationToken::new();
+    let stop_serving = CancellationToken::new();
+    auth.spawn_reloader(background.clone(), &tracker);
+    let cache = Cache::start(source, config.cache.clone(), background.clone(), &tracker);
+    let ready = Arc::new(AtomicBool::new(false));
+    let api = Arc::new(Api::new(cache.clone(), auth, &config.api, ready.clone()));
+    for line in listeners.describe() {
+        println!("{line}");
+    }
+    let listen_cfg = config.listen.clone();
+    let server = tokio::spawn({
+        let stop = stop_serving.clone();
+        async move { api::serve(listeners, api, &listen_cfg, stop).await }
+    });
+
+    let prefetch = cache.configure(config.targets.clone());
+    tokio::pin!(prefetch);
+    let mut quit = false;
+    let mut prefetched = false;
+    loop {
+        tokio::select! {
+            report = &mut prefetch, if !prefetched => {
+                prefetched = true;
+                let report = report.map_err(|_| AppError::Prefetch(config.targets.len()))?;
+                for (key, err) in &report.failed {
+                    tracing::error!(key = %key, code = %err.code, error = %err, "Prefetch failed.");
+                }
+                if !report.failed.is_empty() && config.abort_on_prefetch_error {
+                    stop_serving.cancel();
+                    background.cancel();
+                    return Err(AppError::Prefetch(report.failed.len()));
+                }
+                ready.store(true, Ordering::Release);
+                tracing::info!(ok = report.ok, failed = report.failed.len(), "Prefetch finished; ready.");
+            }
+            event = control.recv() => match event {
+                Some(Control::Reload) => reload(&mut config, &load, &cache, &tracker),
+                Some(Control::Shutdown) | None => break,
+                Some(Control::Quit) => { quit = true; break; }
+            },
+        }
+    }
+    tracing::info!("Shutting down.");
+    stop_serving.cancel();
+    if !quit {
+        match server.await {
+            Ok(true) => tracing::info!("All connections drained."),
+            _ => tracing::warn!("Grace period over; closing remaining connections."),
+        }
+    }
+    background.cancel();
+    tracker.close();
+    let _ = tokio::time::timeout(config.listen.grace, tracker.wait()).await;
+    Ok(())
+}
+
+/// Applies a reloaded config when only reloadable parts (what to prefetch) changed; otherwise
+/// keeps the running config and says why.
+fn reload(current: &mut Config, load: &LoadOptions, cache: &Cache, tracker: &TaskTracker) {
+    let next = match config::load(load) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "Reload rejected: invalid config; keeping the running one.");
+            return;
+        }
+    };
+    let changed = config::restart_required(&current.raw, &next.raw);
+    if !changed.is_empty() {
+        tracing::error!(sections = ?changed, "Reload rejected: these sections need a restart; keeping the running config.");
+        return;
+    }
+    tracing::info!(targets = next.targets.len(), "Reloading prefetch targets.");
+    let cache = cache.clone();
+    let targets = next.targets.clone();
+    tracker.spawn(async move {
+        if let Ok(report) = cache.configure(targets).await {
+            tracing::info!(
+                ok = report.ok,
+                failed = report.failed.len(),
+                "Reload applied."
+            );
+        }
+    });
+    *current = next;
+}
+
+/// `sidekey get`: reads one REF straight from the source and returns the bytes to print.
+pub async fn get_once(
+    config: &Config,
+    reference: &str,
+    kind: RefKind,
+) -> Result<Vec<u8>, AppError> {
+    let r = refs::parse(reference, kind, true).map_err(|e| AppError::Ref(e.to_string()))?;
+    let source = build_source(config).await?;
+    let fetched = source
+        .fetch(std::slice::from_ref(&r.key))
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(SourceError::not_found(&r.key)))?;
+    use secrecy::ExposeSecret;
+    let text = match &fetched {
+        Fetched::Secret(s) => match &s.payload {
+            Payload::Text(t) => t.expose_secret().to_owned(),
+            Payload::Binary(b) if r.select.is_none() => return Ok(b.expose_secret().to_vec()),
+            Payload::Binary(_) => {
+                return Err(AppError::Ref("cannot select from a binary secret".into()));
+            }
+        },
+        Fetched::Parameter(p) => p.value.expose_secret().to_owned(),
+        Fetched::Path(_) => return Err(AppError::Ref("a path is not a single value".into())),
+    };
+    match &r.select {
+        None => Ok(text.into_bytes()),
+        Some(sel) => match refs::select(&text, sel).map_err(|e| AppError::Ref(e.to_string()))? {
+            serde_json::Value::String(s) => Ok(s.into_bytes()),
+            other => Ok(other.to_string().into_bytes()),
+        },
+    }
+}
+
+/// The process environment as a map (the only place that reads it wholesale).
+pub fn process_env() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}

@@ -1,0 +1,497 @@
+//! The one task that talks to the source. It owns:
+//! - `inflight`: key → waiters, so concurrent requests for a key share one fetch;
+//! - `scheduled` + `queue`: refresh deadlines for configured keys (a `BTreeSet` ordered by time,
+//!   woken by `sleep_until` on the earliest one);
+//! - `tasks`: running fetch batches, whose results come back through `join_next`.
+//!
+//! Nothing here awaits a backend call: fetches run in tasks, so commands are always accepted
+//! promptly. Results are applied as one copy-on-write map swap per batch, then waiters are
+//! answered. A due key pulls every key due within `batch_window` into the same batch, so
+//! jittered deadlines still batch well. Every deadline is re-checked on each loop turn and on
+//! `RefreshDue`, not only when the timer fires (Lambda freezes timers between invokes).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{Id, JoinSet};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::jittered;
+use super::store::{Entry, Failure, Map, Origin, Store};
+use super::{Command, PrefetchReport, Settings, Target};
+use crate::source::{ErrorKind, Fetched, Key, SharedSource, SourceError};
+
+type Waiter = oneshot::Sender<Result<Arc<Entry>, SourceError>>;
+
+pub(super) struct Scheduler {
+    source: SharedSource,
+    store: Arc<Store>,
+    settings: Arc<Settings>,
+    rx: mpsc::Receiver<Command>,
+    inflight: HashMap<Arc<Key>, Vec<Waiter>>,
+    scheduled: HashMap<Arc<Key>, Schedule>,
+    queue: BTreeSet<(Instant, Arc<Key>)>,
+    pending: Vec<(Arc<Key>, bool)>,
+    prefetches: Vec<PrefetchWait>,
+    tasks: JoinSet<Done>,
+    batches: HashMap<Id, Vec<Arc<Key>>>,
+}
+
+struct Schedule {
+    interval: Duration,
+    deadline: Instant,
+    failures: u32,
+}
+
+struct PrefetchWait {
+    remaining: HashSet<Arc<Key>>,
+    report: PrefetchReport,
+    reply: oneshot::Sender<PrefetchReport>,
+}
+
+struct Done {
+    keys: Vec<Arc<Key>>,
+    outcomes: Vec<Outcome>,
+}
+
+enum Outcome {
+    Fetched(Fetched),
+    Unchanged,
+    Failed(SourceError),
+}
+
+impl Scheduler {
+    pub(super) fn new(
+        source: SharedSource,
+        store: Arc<Store>,
+        settings: Arc<Settings>,
+        rx: mpsc::Receiver<Command>,
+    ) -> Self {
+        Self {
+            source,
+            store,
+            settings,
+            rx,
+            inflight: HashMap::new(),
+            scheduled: HashMap::new(),
+            queue: BTreeSet::new(),
+            pending: Vec::new(),
+            prefetches: Vec::new(),
+            tasks: JoinSet::new(),
+            batches: HashMap::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let next = self.queue.first().map(|(t, _)| *t);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    match joined {
+                        Ok((id, done)) => {
+                            self.batches.remove(&id);
+                            self.on_done(done);
+                        }
+                        Err(e) => self.on_lost(e.id()),
+                    }
+                }
+                () = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {}
+            }
+            while let Ok(cmd) = self.rx.try_recv() {
+                self.on_command(cmd);
+            }
+            self.collect_due();
+            self.dispatch();
+        }
+        tracing::debug!("Cache scheduler stopped.");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Get { key, force, reply } => {
+                let key = Arc::new(key);
+                self.request(key, force, Some(reply));
+            }
+            Command::Configure { targets, reply } => self.configure(targets, reply),
+            Command::RefreshDue => {}
+        }
+    }
+
+    /// Joins an in-flight fetch of `key` or queues a new one.
+    fn request(&mut self, key: Arc<Key>, force: bool, reply: Option<Waiter>) {
+        match self.inflight.get_mut(&key) {
+            Some(waiters) => waiters.extend(reply),
+            None => {
+                self.inflight
+                    .insert(key.clone(), reply.into_iter().collect());
+                self.pending.push((key, force));
+            }
+        }
+    }
+
+    fn configure(&mut self, targets: Vec<Target>, reply: oneshot::Sender<PrefetchReport>) {
+        let wanted: HashMap<Arc<Key>, Duration> = targets
+            .into_iter()
+            .map(|t| (Arc::new(t.key), t.interval))
+            .collect();
+        let dropped: Vec<Arc<Key>> = self
+            .scheduled
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        if !dropped.is_empty() {
+            let mut map = (*self.store.snapshot()).clone();
+            for key in dropped {
+                if let Some(s) = self.scheduled.remove(&key) {
+                    self.queue.remove(&(s.deadline, key.clone()));
+                }
+                remove_with_children(&mut map, &key);
+            }
+            self.store.replace(map);
+        }
+        let now = Instant::now();
+        let mut remaining = HashSet::new();
+        for (key, interval) in wanted {
+            if let Some(s) = self.scheduled.get_mut(&key) {
+                s.interval = interval;
+                continue;
+            }
+            self.scheduled.insert(
+                key.clone(),
+                Schedule {
+                    interval,
+                    deadline: now,
+                    failures: 0,
+                },
+            );
+            remaining.insert(key.clone());
+            self.request(key, true, None);
+        }
+        let wait = PrefetchWait {
+            remaining,
+            report: PrefetchReport::default(),
+            reply,
+        };
+        if wait.remaining.is_empty() {
+            let _ = wait.reply.send(wait.report);
+        } else {
+            self.prefetches.push(wait);
+        }
+    }
+
+    /// Moves due keys (and keys due within the batch window of them) into `pending`.
+    fn collect_due(&mut self) {
+        let now = Instant::now();
+        if self.queue.first().is_none_or(|(t, _)| *t > now) {
+            return;
+        }
+        let horizon = now + self.settings.batch_window;
+        while let Some((t, _)) = self.queue.first() {
+            if *t > horizon {
+                break;
+            }
+            if let Some((_, key)) = self.queue.pop_first() {
+                self.request(key, false, None);
+            }
+        }
+    }
+
+    /// Starts one fetch task for everything pending.
+    fn dispatch(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let snapshot = self.store.snapshot();
+        let jobs: Vec<(Arc<Key>, Option<String>)> = self
+            .pending
+            .drain(..)
+            .map(|(key, force)| {
+                let revalidate = match snapshot.get(&key).map(|e| &e.value) {
+                    Some(Fetched::Secret(s)) if !force => Some(s.version_id.clone()),
+                    _ => None,
+                };
+                (key, revalidate)
+            })
+            .collect();
+        let keys: Vec<Arc<Key>> = jobs.iter().map(|(k, _)| k.clone()).collect();
+        let handle = self.tasks.spawn(fetch_batch(self.source.clone(), jobs));
+        self.batches.insert(handle.id(), keys);
+    }
+
+    fn on_lost(&mut self, id: Id) {
+        let keys = self.batches.remove(&id).unwrap_or_default();
+        tracing::error!(keys = keys.len(), "A fetch task failed unexpectedly.");
+        let err = SourceError::new(ErrorKind::Transient, "InternalFailure", "fetch task failed");
+        let outcomes = keys.iter().map(|_| Outcome::Failed(err.clone())).collect();
+        self.on_done(Done { keys, outcomes });
+    }
+
+    fn on_done(&mut self, done: Done) {
+        let now = Instant::now();
+        let mut map = (*self.store.snapshot()).clone();
+        let mut replies = Vec::with_capacity(done.keys.len());
+        for (key, outcome) in done.keys.into_iter().zip(done.outcomes) {
+            let result = self.apply(&mut map, &key, outcome, now);
+            self.reschedule(&key, result.as_ref().err(), now);
+            self.settle_prefetch(&key, result.as_ref().err());
+            replies.push((key, result));
+        }
+        self.evict(&mut map);
+        self.store.replace(map);
+        for (key, result) in replies {
+            for waiter in self.inflight.remove(&key).unwrap_or_default() {
+                let _ = waiter.send(result.clone());
+            }
+        }
+    }
+
+    /// Applies one outcome to the map and returns what waiters get.
+    fn apply(
+        &self,
+        map: &mut Map,
+        key: &Arc<Key>,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Result<Arc<Entry>, SourceError> {
+        let old = map.get(key).cloned();
+        let origin = match (&old, self.scheduled.contains_key(key)) {
+            (_, true) => Origin::Prefetch,
+            (Some(e), false) => e.origin.clone(),
+            (None, false) => Origin::OnDemand,
+        };
+        let expires = |origin: &Origin| match origin {
+            Origin::OnDemand => Some(now + self.settings.ttl(key)),
+            _ => None,
+        };
+        let value = match outcome {
+            Outcome::Fetched(v) => v,
+            Outcome::Unchanged => match &old {
+                Some(e) => e.value.clone(),
+                None => {
+                    return Err(SourceError::new(
+                        ErrorKind::Transient,
+                        "InternalFailure",
+                        "entry vanished",
+                    ));
+                }
+            },
+            Outcome::Failed(error) => return Err(self.fail(map, key, old, error, now)),
+        };
+        if old
+            .as_ref()
+            .is_some_and(|o| o.value.version() != value.version())
+        {
+            tracing::info!(key = %key, "Value changed.");
+        }
+        let entry = Entry::new(value, origin.clone(), now, expires(&origin), None);
+        let entry = Arc::new(entry.stamped(self.store.tick()));
+        if let (Key::Path(pk), Fetched::Path(children)) = (&**key, &entry.value)
+            && origin == Origin::Prefetch
+        {
+            set_children(map, pk, children, now);
+        }
+        if origin != Origin::OnDemand || self.settings.max_entries > 0 {
+            map.insert(key.clone(), entry.clone());
+        }
+        Ok(entry)
+    }
+
+    /// Records a failed fetch: keeps a stale value when the error allows it, else drops it.
+    fn fail(
+        &self,
+        map: &mut Map,
+        key: &Arc<Key>,
+        old: Option<Arc<Entry>>,
+        error: SourceError,
+        now: Instant,
+    ) -> SourceError {
+        if self.scheduled.contains_key(key) || error.kind != ErrorKind::NotFound {
+            tracing::warn!(key = %key, kind = %error.kind, code = %error.code, error = %error, "Fetch failed.");
+        } else {
+            tracing::debug!(key = %key, code = %error.code, "Not found.");
+        }
+        let Some(old) = old.filter(|_| error.kind.serves_stale()) else {
+            remove_with_children(map, key);
+            return error;
+        };
+        let count = old.failure.as_ref().map_or(1, |f| f.count + 1);
+        let failure = Failure {
+            error: error.clone(),
+            since: old.failure.as_ref().map_or(now, |f| f.since),
+            count,
+        };
+        // On-demand entries wait out the backoff before a read asks the backend again.
+        let delay = self.settings.backoff.delay(count, fastrand::f64());
+        let stale = |e: &Entry| {
+            let expires = e.expires_at.map(|_| now + delay);
+            let failure = Some(failure.clone());
+            let entry = Entry::new(
+                e.value.clone(),
+                e.origin.clone(),
+                e.fetched_at,
+                expires,
+                failure,
+            );
+            Arc::new(entry.stamped(e.last_used()))
+        };
+        if let Key::Path(pk) = &**key {
+            let origin = Origin::Path(Arc::new(pk.clone()));
+            for child in map.values_mut().filter(|e| e.origin == origin) {
+                *child = stale(child);
+            }
+        }
+        map.insert(key.clone(), stale(&old));
+        error
+    }
+
+    fn reschedule(&mut self, key: &Arc<Key>, error: Option<&SourceError>, now: Instant) {
+        let Some(s) = self.scheduled.get_mut(key) else {
+            return;
+        };
+        self.queue.remove(&(s.deadline, key.clone()));
+        let delay = match error {
+            None => {
+                s.failures = 0;
+                jittered(s.interval, self.settings.jitter, fastrand::f64())
+            }
+            Some(e) => {
+                s.failures = s.failures.saturating_add(1);
+                if e.kind.retryable() {
+                    self.settings
+                        .backoff
+                        .delay(s.failures, fastrand::f64())
+                        .min(s.interval)
+                } else {
+                    jittered(s.interval, self.settings.jitter, fastrand::f64())
+                }
+            }
+        };
+        s.deadline = now + delay;
+        self.queue.insert((s.deadline, key.clone()));
+    }
+
+    fn settle_prefetch(&mut self, key: &Arc<Key>, error: Option<&SourceError>) {
+        for w in &mut self.prefetches {
+            if w.remaining.remove(key) {
+                match error {
+                    None => w.report.ok += 1,
+                    Some(e) => w.report.failed.push(((**key).clone(), e.clone())),
+                }
+            }
+        }
+        let (finished, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.prefetches)
+            .into_iter()
+            .partition(|w| w.remaining.is_empty());
+        self.prefetches = open;
+        for w in finished {
+            let _ = w.reply.send(w.report);
+        }
+    }
+
+    /// Evicts least-recently-used on-demand entries beyond `max_entries`.
+    fn evict(&self, map: &mut Map) {
+        let mut on_demand: Vec<(u64, Arc<Key>)> = map
+            .iter()
+            .filter(|(_, e)| e.origin == Origin::OnDemand)
+            .map(|(k, e)| (e.last_used(), k.clone()))
+            .collect();
+        let excess = on_demand.len().saturating_sub(self.settings.max_entries);
+        if excess == 0 {
+            return;
+        }
+        on_demand.sort_unstable();
+        for (_, key) in on_demand.into_iter().take(excess) {
+            map.remove(&key);
+        }
+    }
+}
+
+/// Fetches a batch: secrets with a cached version are revalidated first (DescribeSecret) and
+/// re-read only when their version moved; everything else is fetched in one source call.
+async fn fetch_batch(source: SharedSource, jobs: Vec<(Arc<Key>, Option<String>)>) -> Done {
+    let mut outcomes: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
+    let mut checks = JoinSet::new();
+    for (i, (key, version)) in jobs.iter().enumerate() {
+        if let (Key::Secret(sk), Some(v)) = (&**key, version) {
+            let (source, sk, v) = (source.clone(), sk.clone(), v.clone());
+            checks.spawn(async move { (i, source.secret_unchanged(&sk, &v).await) });
+        }
+    }
+    while let Some(Ok((i, result))) = checks.join_next().await {
+        outcomes[i] = match result {
+            Ok(true) => Some(Outcome::Unchanged),
+            Ok(false) => None,
+            Err(e) => Some(Outcome::Failed(e)),
+        };
+    }
+    let todo: Vec<usize> = (0..jobs.len()).filter(|&i| outcomes[i].is_none()).collect();
+    if !todo.is_empty() {
+        let keys: Vec<Key> = todo.iter().map(|&i| (*jobs[i].0).clone()).collect();
+        let results = source.fetch(&keys).await;
+        for (&i, r) in todo.iter().zip(results) {
+            outcomes[i] = Some(match r {
+                Ok(v) => Outcome::Fetched(v),
+                Err(e) => Outcome::Failed(e),
+            });
+        }
+    }
+    let missing = || {
+        Outcome::Failed(SourceError::new(
+            ErrorKind::Transient,
+            "InternalFailure",
+            "no result",
+        ))
+    };
+    Done {
+        keys: jobs.into_iter().map(|(k, _)| k).collect(),
+        outcomes: outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(missing))
+            .collect(),
+    }
+}
+
+/// Inserts a scheduled path's parameters as their own entries and drops those that vanished.
+fn set_children(
+    map: &mut Map,
+    pk: &crate::source::PathKey,
+    children: &[Arc<crate::source::ParameterValue>],
+    now: Instant,
+) {
+    let origin = Origin::Path(Arc::new(pk.clone()));
+    let mut seen = HashSet::new();
+    for child in children {
+        let key = Arc::new(Key::Parameter(crate::source::ParamKey {
+            name: child.name.clone(),
+            selector: None,
+            decrypt: pk.decrypt,
+        }));
+        if map.get(&key).is_some_and(|e| e.origin == Origin::Prefetch) {
+            continue;
+        }
+        seen.insert(key.clone());
+        let value = Fetched::Parameter(child.clone());
+        map.insert(
+            key,
+            Arc::new(Entry::new(value, origin.clone(), now, None, None)),
+        );
+    }
+    map.retain(|k, e| e.origin != origin || seen.contains(k));
+}
+
+fn remove_with_children(map: &mut Map, key: &Arc<Key>) {
+    map.remove(key);
+    if let Key::Path(pk) = &**key {
+        let origin = Origin::Path(Arc::new(pk.clone()));
+        map.retain(|_, e| e.origin != origin);
+    }
+}

@@ -1,0 +1,141 @@
+//! The value store: `Key → Arc<Entry>` in one copy-on-write map behind an `ArcSwap`.
+//!
+//! Readers load the current map with one atomic pointer read and never block: they cannot
+//! queue behind each other, behind a writer, or behind an AWS call. The scheduler is the only
+//! writer; it builds a new map per batch of results and swaps it in, so a reader (or a template
+//! render) always sees one consistent snapshot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+
+use crate::source::{Fetched, Key, PathKey, SourceError};
+
+/// The map type; keys are `Arc` so copy-on-write clones only bump reference counts.
+pub type Map = HashMap<Arc<Key>, Arc<Entry>>;
+
+/// Lock-free readable store of cached values.
+pub struct Store {
+    map: ArcSwap<Map>,
+    clock: AtomicU64,
+}
+
+/// One cached value and its freshness bookkeeping. Immutable except the LRU stamp.
+#[derive(Debug)]
+pub struct Entry {
+    /// The value.
+    pub value: Fetched,
+    /// Why the entry is cached; decides eviction and who refreshes it.
+    pub origin: Origin,
+    /// When the value was last fetched or confirmed unchanged.
+    pub fetched_at: Instant,
+    /// When a read must go back to the backend; `None` for scheduler-refreshed entries.
+    pub expires_at: Option<Instant>,
+    /// The refresh failure that made this value stale, if any.
+    pub failure: Option<Failure>,
+    last_used: AtomicU64,
+}
+
+/// Why an entry is in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Configured for prefetch: refreshed on a schedule, never evicted.
+    Prefetch,
+    /// A parameter found under a scheduled path walk; refreshed and removed by that walk.
+    Path(Arc<PathKey>),
+    /// Read through on a miss: expires after its TTL, evicted least-recently-used.
+    OnDemand,
+}
+
+/// A refresh failure while a previous value is kept.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// The backend error.
+    pub error: SourceError,
+    /// First failure in the current run of failures.
+    pub since: Instant,
+    /// Consecutive failures so far.
+    pub count: u32,
+}
+
+// === Store ===
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            map: ArcSwap::from_pointee(Map::new()),
+            clock: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Store {
+    /// Looks a key up and marks it used. Never blocks.
+    pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+        let entry = self.map.load().get(key).cloned()?;
+        entry.last_used.store(self.tick(), Ordering::Relaxed);
+        Some(entry)
+    }
+
+    /// The next LRU stamp.
+    pub(crate) fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A consistent snapshot of every entry.
+    pub fn snapshot(&self) -> Arc<Map> {
+        self.map.load_full()
+    }
+
+    /// Replaces the map. Only the scheduler calls this, so there is no lost-update race.
+    pub(crate) fn replace(&self, map: Map) {
+        self.map.store(Arc::new(map));
+    }
+}
+
+// === Entry ===
+
+impl Entry {
+    /// A new entry (LRU stamp 0 until [`Entry::stamped`]).
+    pub fn new(
+        value: Fetched,
+        origin: Origin,
+        fetched_at: Instant,
+        expires_at: Option<Instant>,
+        failure: Option<Failure>,
+    ) -> Self {
+        Self {
+            value,
+            origin,
+            fetched_at,
+            expires_at,
+            failure,
+            last_used: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the LRU stamp.
+    pub(crate) fn stamped(self, tick: u64) -> Self {
+        self.last_used.store(tick, Ordering::Relaxed);
+        self
+    }
+
+    /// Whether a read may use this entry without asking the backend.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|t| now < t)
+    }
+
+    /// Time since the value was last confirmed by the backend.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.fetched_at)
+    }
+
+    /// LRU stamp: higher is more recent.
+    pub fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,381 @@
+//! The raw, layered config schema as users write it (TOML, `SIDEKEY_*` env, CLI). Every table
+//! denies unknown keys; defaults live here and nowhere else.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Listeners.
+    pub listen: RawListen,
+    /// HTTP API behaviour.
+    pub api: RawApi,
+    /// Request authentication.
+    pub auth: RawAuth,
+    /// Cache and refresh.
+    pub cache: RawCache,
+    /// AWS clients.
+    pub aws: RawAws,
+    /// Where values come from.
+    pub source: RawSource,
+    /// Secrets to prefetch.
+    pub secrets: Vec<RawSecret>,
+    /// Parameters and paths to prefetch.
+    pub parameters: Vec<RawParameter>,
+    /// Logging.
+    pub log: RawLog,
+}
+
+/// `[listen]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListen {
+    /// TCP address; empty string disables TCP.
+    pub tcp: String,
+    /// Permit a non-loopback TCP address.
+    pub allow_non_loopback: bool,
+    /// Unix socket path; unset disables it.
+    pub unix: Option<PathBuf>,
+    /// Unix socket mode, octal string.
+    pub unix_mode: String,
+    /// Unix socket owner (name or uid).
+    pub unix_owner: Option<String>,
+    /// Unix socket group (name or gid).
+    pub unix_group: Option<String>,
+    /// Concurrent client connections (WCP `max_conn`).
+    pub max_connections: u32,
+    /// Time allowed to send a request head.
+    pub header_timeout: Dur,
+    /// Graceful-shutdown drain limit.
+    pub grace: Dur,
+}
+
+/// `[api]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    /// Prefix of the WCP path-style route.
+    pub path_prefix: String,
+    /// Reject unknown query parameters on compatible routes (WCP parity).
+    pub strict_query: bool,
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// Request headers that may carry the token.
+    pub headers: Vec<String>,
+    /// Token sources in order: env var names (values may be `file://PATH`) or `file://PATH`.
+    pub tokens: Vec<String>,
+}
+
+/// `[cache]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    /// Default refresh interval for prefetched items.
+    pub refresh_interval: Dur,
+    /// TTL of items read on demand.
+    pub ttl: Dur,
+    /// Overrides `ttl` for secrets.
+    pub secrets_ttl: Option<Dur>,
+    /// Overrides `ttl` for parameters and paths.
+    pub parameters_ttl: Option<Dur>,
+    /// Bound on on-demand entries; 0 disables on-demand caching.
+    pub max_entries: u32,
+    /// Serve stale values on transient errors.
+    pub serve_stale: bool,
+    /// How long a stale value may be served.
+    pub max_stale: Dur,
+    /// Refresh jitter as a fraction of the interval.
+    pub jitter: f64,
+    /// First retry delay after a failed refresh.
+    pub backoff_min: Dur,
+    /// Longest retry delay.
+    pub backoff_max: Dur,
+    /// Keys due this close together are refreshed in one batch.
+    pub batch_window: Dur,
+    /// `degrade` (serve what was fetched) or `abort` (exit) when prefetch fails.
+    pub on_prefetch_error: String,
+}
+
+/// `[aws]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAws {
+    /// Region; the SDK chain decides when unset.
+    pub region: Option<String>,
+    /// Endpoint for every service (the SDK's `AWS_ENDPOINT_URL*` also work).
+    pub endpoint_url: Option<String>,
+    /// Whole-operation timeout (retries included).
+    pub timeout: Option<Dur>,
+    /// TCP/TLS connect timeout.
+    pub connect_timeout: Dur,
+    /// Operation timeout for Secrets Manager (overrides `timeout`).
+    pub secrets_manager_timeout: Option<Dur>,
+    /// Operation timeout for Parameter Store (overrides `timeout`).
+    pub ssm_timeout: Option<Dur>,
+    /// `standard` or `adaptive` (client-side rate limiting).
+    pub retry_mode: String,
+    /// Attempts per call, first included.
+    pub max_attempts: u32,
+    /// Concurrent calls per service client.
+    pub max_connections: u32,
+    /// Call STS GetCallerIdentity at startup.
+    pub validate_credentials: bool,
+}
+
+/// `[source]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSource {
+    /// `aws` or `file`.
+    pub kind: String,
+    /// Values file for `kind = "file"`.
+    pub file: Option<PathBuf>,
+}
+
+/// `[[secrets]]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    /// Name, ARN, or either with the `:json-key:version-stage:version-id` suffix.
+    pub id: String,
+    /// Staging label.
+    pub version_stage: Option<String>,
+    /// Version id.
+    pub version_id: Option<String>,
+    /// Own refresh interval.
+    pub refresh_interval: Option<Dur>,
+}
+
+/// `[[parameters]]`: exactly one of `name` and `path`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawParameter {
+    /// Single parameter (with optional `:version`/`:label`).
+    pub name: Option<String>,
+    /// Path to walk.
+    pub path: Option<String>,
+    /// Walk the whole subtree.
+    #[serde(default)]
+    pub recursive: bool,
+    /// Decrypt SecureString values.
+    #[serde(default = "yes")]
+    pub with_decryption: bool,
+    /// Own refresh interval.
+    pub refresh_interval: Option<Dur>,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `trace`, `debug`, `info`, `warn`, `error`, `off`, or an env-filter directive.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+    /// Append logs to this file instead of stderr.
+    pub file: Option<PathBuf>,
+}
+
+/// A duration written as seconds (`300`) or with a unit (`250ms`, `30s`, `5m`, `2h`, `1d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+fn yes() -> bool {
+    true
+}
+
+fn secs(s: u64) -> Dur {
+    Dur(Duration::from_secs(s))
+}
+
+// === defaults ===
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            tcp: "127.0.0.1:2773".into(),
+            allow_non_loopback: false,
+            unix: None,
+            unix_mode: "0600".into(),
+            unix_owner: None,
+            unix_group: None,
+            max_connections: 800,
+            header_timeout: secs(10),
+            grace: secs(5),
+        }
+    }
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            path_prefix: "/v1/".into(),
+            strict_query: false,
+        }
+    }
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            headers: vec![
+                "X-Aws-Parameters-Secrets-Token".into(),
+                "X-Vault-Token".into(),
+            ],
+            tokens: vec![
+                "AWS_TOKEN".into(),
+                "AWS_SESSION_TOKEN".into(),
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN".into(),
+            ],
+        }
+    }
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            refresh_interval: secs(300),
+            ttl: secs(300),
+            secrets_ttl: None,
+            parameters_ttl: None,
+            max_entries: 1000,
+            serve_stale: true,
+            max_stale: secs(6 * 3600),
+            jitter: 0.1,
+            backoff_min: secs(1),
+            backoff_max: secs(300),
+            batch_window: secs(5),
+            on_prefetch_error: "degrade".into(),
+        }
+    }
+}
+
+impl Default for RawAws {
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint_url: None,
+            timeout: None,
+            connect_timeout: secs(3),
+            secrets_manager_timeout: None,
+            ssm_timeout: None,
+            retry_mode: "standard".into(),
+            max_attempts: 3,
+            max_connections: 8,
+            validate_credentials: false,
+        }
+    }
+}
+
+impl Default for RawSource {
+    fn default() -> Self {
+        Self {
+            kind: "aws".into(),
+            file: None,
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+            file: None,
+        }
+    }
+}
+
+// === Dur ===
+
+impl Dur {
+    /// Parses `300`, `250ms`, `30s`, `5m`, `2h`, `1d`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "" | "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            "d" => Duration::from_secs(n.checked_mul(86_400)?),
+            _ => return None,
+        };
+        Some(Self(d))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d.subsec_millis() != 0 || (d.as_secs() == 0 && !d.is_zero()) {
+            write!(f, "{}ms", d.as_millis())
+        } else {
+            write!(f, "{}s", d.as_secs())
+        }
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 300, \"250ms\", \"30s\", \"5m\", \"2h\" or \"1d\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dur, E> {
+                Ok(secs(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Dur, E> {
+                u64::try_from(v)
+                    .map(secs)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
+                Dur::parse(v).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print() {
+        let check = |s: &str, ms: Option<u64>| {
+            assert_eq!(Dur::parse(s).map(|d| d.0.as_millis() as u64), ms, "{s}");
+        };
+        check("300", Some(300_000));
+        check("250ms", Some(250));
+        check("5m", Some(300_000));
+        check("2h", Some(7_200_000));
+        check("1d", Some(86_400_000));
+        check("", None);
+        check("5 minutes", None);
+        check("-1s", None);
+        check("99999999999999999999d", None);
+        assert_eq!(Dur(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!(secs(300).to_string(), "300s");
+    }
+}

@@ -1,0 +1,555 @@
+//! The AWS backends: Secrets Manager and SSM Parameter Store through the official SDK. This is
+//! the only file that knows the SDK; it batches (20 secrets / 10 parameters per call), pages
+//! path walks to the end, caps concurrent calls per client and classifies every error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{AppName, BehaviorVersion, Region, SdkConfig};
+use aws_sdk_secretsmanager::config::http::HttpResponse;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::primitives::{Blob, DateTime};
+use aws_sdk_ssm::types::Parameter;
+use secrecy::{SecretBox, SecretString};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{
+    ErrorKind, FetchResult, Fetched, Key, ParamKey, ParameterValue, PathKey, Payload, SecretKey,
+    SecretValue, Source, SourceError, SourceFuture, Timestamp,
+};
+use crate::config::{AwsConfig, RetryMode};
+
+/// BatchGetSecretValue accepts at most 20 ids.
+const SECRET_BATCH: usize = 20;
+/// GetParameters accepts at most 10 names; GetParametersByPath pages hold at most 10.
+const PARAM_BATCH: usize = 10;
+
+/// Both AWS clients, each behind its own concurrency cap.
+#[derive(Clone)]
+pub struct AwsSource {
+    sm: aws_sdk_secretsmanager::Client,
+    ssm: aws_sdk_ssm::Client,
+    sm_slots: Arc<Semaphore>,
+    ssm_slots: Arc<Semaphore>,
+}
+
+// === AwsSource ===
+
+impl AwsSource {
+    /// Builds the clients from the SDK default chain plus `cfg` overrides. Makes no AWS call.
+    pub async fn new(cfg: &AwsConfig) -> Self {
+        let shared = shared_config(cfg).await;
+        let mut sm = aws_sdk_secretsmanager::config::Builder::from(&shared);
+        if let Some(t) = cfg.secrets_manager_timeout {
+            sm = sm.timeout_config(timeouts(cfg).operation_timeout(t).build());
+        }
+        let mut ssm = aws_sdk_ssm::config::Builder::from(&shared);
+        if let Some(t) = cfg.ssm_timeout {
+            ssm = ssm.timeout_config(timeouts(cfg).operation_timeout(t).build());
+        }
+        let slots = || Arc::new(Semaphore::new(cfg.max_connections.get()));
+        Self {
+            sm: aws_sdk_secretsmanager::Client::from_conf(sm.build()),
+            ssm: aws_sdk_ssm::Client::from_conf(ssm.build()),
+            sm_slots: slots(),
+            ssm_slots: slots(),
+        }
+    }
+
+    /// Checks the credentials with STS GetCallerIdentity (no permission needed).
+    pub async fn validate_credentials(cfg: &AwsConfig) -> Result<(), SourceError> {
+        let shared = shared_config(cfg).await;
+        aws_sdk_sts::Client::new(&shared)
+            .get_caller_identity()
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| classify(&e))
+    }
+
+    async fn get_secret(&self, key: SecretKey) -> FetchResult {
+        let _slot = self.sm_slots.acquire().await;
+        let out = self
+            .sm
+            .get_secret_value()
+            .secret_id(&key.id)
+            .set_version_id(key.version_id.clone())
+            .set_version_stage(key.version_stage.clone())
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        secret_value(SecretParts {
+            arn: out.arn(),
+            name: out.name(),
+            version_id: out.version_id(),
+            stages: out.version_stages(),
+            created: out.created_date(),
+            string: out.secret_string(),
+            binary: out.secret_binary(),
+        })
+    }
+
+    /// BatchGetSecretValue for current versions. Ids the batch cannot attribute to a result
+    /// (e.g. partial ARNs) come back as `None` and are fetched one by one.
+    async fn batch_secrets(&self, ids: &[&str]) -> Vec<Option<FetchResult>> {
+        let mut found: HashMap<String, FetchResult> = HashMap::new();
+        let mut token = None;
+        loop {
+            let _slot = self.sm_slots.acquire().await;
+            let out = self
+                .sm
+                .batch_get_secret_value()
+                .set_secret_id_list(Some(ids.iter().map(|s| (*s).to_owned()).collect()))
+                .set_next_token(token.take())
+                .send()
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    let err = classify(&e);
+                    // A batch can fail where single reads work (no BatchGetSecretValue
+                    // permission; moto fails the whole call for one bad secret): fall back.
+                    let fallback = !err.kind.retryable();
+                    return ids
+                        .iter()
+                        .map(|_| (!fallback).then(|| Err(err.clone())))
+                        .collect();
+                }
+            };
+            for e in out.secret_values() {
+                let value = secret_value(SecretParts {
+                    arn: e.arn(),
+                    name: e.name(),
+                    version_id: e.version_id(),
+                    stages: e.version_stages(),
+                    created: e.created_date(),
+                    string: e.secret_string(),
+                    binary: e.secret_binary(),
+                });
+                for id in [e.name(), e.arn()].into_iter().flatten() {
+                    found.insert(id.to_owned(), value.clone());
+                }
+            }
+            for e in out.errors() {
+                let code = e.error_code().unwrap_or("InternalFailure");
+                let err =
+                    SourceError::new(classify_code(code, 400), code, e.message().unwrap_or(""))
+                        .with_status(400);
+                if let Some(id) = e.secret_id() {
+                    found.insert(id.to_owned(), Err(err));
+                }
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        ids.iter().map(|id| found.remove(*id)).collect()
+    }
+
+    async fn describe(&self, key: &SecretKey, version_id: &str) -> Result<bool, SourceError> {
+        let _slot = self.sm_slots.acquire().await;
+        let out = self
+            .sm
+            .describe_secret()
+            .secret_id(&key.id)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        let Some(map) = out.version_ids_to_stages() else {
+            return Ok(false);
+        };
+        Ok(match (&key.version_id, &key.version_stage) {
+            (Some(id), stage) => {
+                id == version_id
+                    && map
+                        .get(id)
+                        .is_some_and(|stages| stage.as_ref().is_none_or(|s| stages.contains(s)))
+            }
+            (None, stage) => {
+                let stage = stage.as_deref().unwrap_or("AWSCURRENT");
+                map.get(version_id)
+                    .is_some_and(|stages| stages.iter().any(|s| s == stage))
+            }
+        })
+    }
+
+    async fn get_parameter(&self, key: ParamKey) -> FetchResult {
+        let _slot = self.ssm_slots.acquire().await;
+        let out = self
+            .ssm
+            .get_parameter()
+            .name(key.selector_name())
+            .with_decryption(key.decrypt)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        let p = out
+            .parameter()
+            .ok_or_else(|| SourceError::not_found(&Key::Parameter(key.clone())))?;
+        Ok(Fetched::Parameter(Arc::new(parameter_value(p, &key))))
+    }
+
+    /// GetParameters for up to 10 unselected names with the same decryption flag. Names missing
+    /// from both result lists come back as `None` and are fetched one by one.
+    async fn batch_parameters(&self, keys: &[ParamKey]) -> Vec<Option<FetchResult>> {
+        let _slot = self.ssm_slots.acquire().await;
+        let out = self
+            .ssm
+            .get_parameters()
+            .set_names(Some(keys.iter().map(|k| k.name.clone()).collect()))
+            .with_decryption(keys.first().is_some_and(|k| k.decrypt))
+            .send()
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                let err = classify(&e);
+                return keys.iter().map(|_| Some(Err(err.clone()))).collect();
+            }
+        };
+        keys.iter()
+            .map(|k| {
+                if let Some(p) = out.parameters().iter().find(|p| p.name() == Some(&k.name)) {
+                    Some(Ok(Fetched::Parameter(Arc::new(parameter_value(p, k)))))
+                } else if out.invalid_parameters().contains(&k.name) {
+                    Some(Err(SourceError::not_found(&Key::Parameter(k.clone()))))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// GetParametersByPath until no NextToken; pages may be empty and still carry a token.
+    async fn walk_path(&self, key: PathKey) -> FetchResult {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let _slot = self.ssm_slots.acquire().await;
+            let out = self
+                .ssm
+                .get_parameters_by_path()
+                .path(&key.path)
+                .recursive(key.recursive)
+                .with_decryption(key.decrypt)
+                .max_results(PARAM_BATCH as i32)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify(&e))?;
+            for p in out.parameters() {
+                let pk = ParamKey {
+                    name: p.name().unwrap_or_default().to_owned(),
+                    selector: None,
+                    decrypt: key.decrypt,
+                };
+                all.push(Arc::new(parameter_value(p, &pk)));
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Fetched::Path(all.into()))
+    }
+}
+
+impl Source for AwsSource {
+    fn fetch<'a>(&'a self, keys: &'a [Key]) -> SourceFuture<'a, Vec<FetchResult>> {
+        Box::pin(async move {
+            let mut results: Vec<Option<FetchResult>> = keys.iter().map(|_| None).collect();
+            self.fetch_batches(keys, &mut results).await;
+            self.fetch_singles(keys, results).await
+        })
+    }
+
+    fn secret_unchanged<'a>(
+        &'a self,
+        key: &'a SecretKey,
+        version_id: &'a str,
+    ) -> SourceFuture<'a, Result<bool, SourceError>> {
+        Box::pin(self.describe(key, version_id))
+    }
+}
+
+impl AwsSource {
+    /// Fills `results` for every key a batch API can answer.
+    async fn fetch_batches(&self, keys: &[Key], results: &mut [Option<FetchResult>]) {
+        let batchable_secret = |k: &Key| match k {
+            Key::Secret(s) => s.version_id.is_none() && s.version_stage.is_none(),
+            _ => false,
+        };
+        let secret_idx: Vec<usize> = (0..keys.len())
+            .filter(|&i| batchable_secret(&keys[i]))
+            .collect();
+        if secret_idx.len() > 1 {
+            for chunk in secret_idx.chunks(SECRET_BATCH) {
+                let ids: Vec<&str> = chunk
+                    .iter()
+                    .filter_map(|&i| match &keys[i] {
+                        Key::Secret(s) => Some(s.id.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                for (&i, r) in chunk.iter().zip(self.batch_secrets(&ids).await) {
+                    results[i] = r;
+                }
+            }
+        }
+        for decrypt in [false, true] {
+            let idx: Vec<usize> = (0..keys.len())
+                .filter(|&i| match &keys[i] {
+                    Key::Parameter(p) => p.decrypt == decrypt && batchable_param(p),
+                    _ => false,
+                })
+                .collect();
+            if idx.len() < 2 {
+                continue;
+            }
+            for chunk in idx.chunks(PARAM_BATCH) {
+                let ps: Vec<ParamKey> = chunk
+                    .iter()
+                    .filter_map(|&i| match &keys[i] {
+                        Key::Parameter(p) => Some(p.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                for (&i, r) in chunk.iter().zip(self.batch_parameters(&ps).await) {
+                    results[i] = r;
+                }
+            }
+        }
+    }
+
+    /// Fetches every key still unanswered with its single-item API, concurrently.
+    async fn fetch_singles(
+        &self,
+        keys: &[Key],
+        results: Vec<Option<FetchResult>>,
+    ) -> Vec<FetchResult> {
+        let mut set = JoinSet::new();
+        for (i, key) in keys.iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            let this = self.clone();
+            let key = key.clone();
+            set.spawn(async move {
+                let r = match key {
+                    Key::Secret(k) => this.get_secret(k).await,
+                    Key::Parameter(k) => this.get_parameter(k).await,
+                    Key::Path(k) => this.walk_path(k).await,
+                };
+                (i, r)
+            });
+        }
+        let mut results = results;
+        while let Some(joined) = set.join_next().await {
+            if let Ok((i, r)) = joined {
+                results[i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(SourceError::new(
+                        ErrorKind::Transient,
+                        "InternalFailure",
+                        "fetch task failed",
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+fn batchable_param(p: &ParamKey) -> bool {
+    p.selector.is_none() && !p.name.starts_with("arn:") && !p.name.starts_with("/aws/reference/")
+}
+
+async fn shared_config(cfg: &AwsConfig) -> SdkConfig {
+    let retry = match cfg.retry_mode {
+        RetryMode::Standard => RetryConfig::standard(),
+        RetryMode::Adaptive => RetryConfig::adaptive(),
+    }
+    .with_max_attempts(cfg.max_attempts.get());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(retry)
+        .timeout_config(timeouts(cfg).build());
+    if let Ok(name) = AppName::new(concat!("sidekey-", env!("CARGO_PKG_VERSION"))) {
+        loader = loader.app_name(name);
+    }
+    if let Some(region) = &cfg.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(url) = &cfg.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+    }
+    loader.load().await
+}
+
+fn timeouts(cfg: &AwsConfig) -> aws_config::timeout::TimeoutConfigBuilder {
+    let mut b = TimeoutConfig::builder().connect_timeout(cfg.connect_timeout);
+    if let Some(t) = cfg.timeout {
+        b = b.operation_timeout(t);
+    }
+    b
+}
+
+struct SecretParts<'a> {
+    arn: Option<&'a str>,
+    name: Option<&'a str>,
+    version_id: Option<&'a str>,
+    stages: &'a [String],
+    created: Option<&'a DateTime>,
+    string: Option<&'a str>,
+    binary: Option<&'a Blob>,
+}
+
+fn secret_value(p: SecretParts<'_>) -> FetchResult {
+    let payload = match (p.string, p.binary) {
+        (Some(s), _) => Payload::Text(SecretString::from(s)),
+        (None, Some(b)) => Payload::Binary(SecretBox::new(b.as_ref().into())),
+        (None, None) => {
+            return Err(SourceError::new(
+                ErrorKind::Transient,
+                "ResponseError",
+                "secret value carries neither SecretString nor SecretBinary",
+            ));
+        }
+    };
+    Ok(Fetched::Secret(Arc::new(SecretValue {
+        arn: p.arn.unwrap_or_default().to_owned(),
+        name: p.name.unwrap_or_default().to_owned(),
+        version_id: p.version_id.unwrap_or_default().to_owned(),
+        version_stages: p.stages.to_vec(),
+        created_date: p.created.map(timestamp),
+        payload,
+    })))
+}
+
+fn parameter_value(p: &Parameter, key: &ParamKey) -> ParameterValue {
+    ParameterValue {
+        arn: p.arn().unwrap_or_default().to_owned(),
+        name: p.name().unwrap_or_default().to_owned(),
+        kind: p.r#type().map_or("String", |t| t.as_str()).to_owned(),
+        value: SecretString::from(p.value().unwrap_or_default()),
+        version: p.version(),
+        last_modified: p.last_modified_date().map(timestamp),
+        data_type: p.data_type().map(str::to_owned),
+        // moto omits Selector; fill it from the request as the real service does.
+        selector: p
+            .selector()
+            .map(str::to_owned)
+            .or_else(|| key.selector_suffix()),
+        source_result: p.source_result().map(SecretString::from),
+    }
+}
+
+fn timestamp(d: &DateTime) -> Timestamp {
+    Timestamp::new(d.secs(), d.subsec_nanos())
+}
+
+/// Maps any SDK error to a [`SourceError`]: service errors by code, the rest by failure mode.
+fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    err: &SdkError<E, HttpResponse>,
+) -> SourceError {
+    match err {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("InternalFailure");
+            let raw = se.raw().status().as_u16();
+            let kind = classify_code(code, raw);
+            // moto answers some client errors with 404; AWS uses 400 for every client error.
+            let status = if raw >= 500 { raw } else { 400 };
+            SourceError::new(kind, code, se.err().message().unwrap_or_default()).with_status(status)
+        }
+        SdkError::TimeoutError(_) => {
+            SourceError::new(ErrorKind::Transient, "TimeoutError", "Timeout").with_status(504)
+        }
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            SourceError::new(ErrorKind::Transient, "TimeoutError", "Timeout").with_status(504)
+        }
+        SdkError::DispatchFailure(d) if d.is_io() => {
+            SourceError::new(ErrorKind::Transient, "ConnectionError", "Read Error").with_status(502)
+        }
+        SdkError::ResponseError(_) => {
+            SourceError::new(ErrorKind::Transient, "ConnectionError", "Response Error")
+                .with_status(502)
+        }
+        // Identity resolution (no or broken credentials) and request construction end here.
+        _ => SourceError::new(
+            ErrorKind::Credentials,
+            "InternalFailure",
+            aws_sdk_secretsmanager::error::DisplayErrorContext(err).to_string(),
+        )
+        .with_status(500),
+    }
+}
+
+/// The error-code table of contracts.md §3.4.
+fn classify_code(code: &str, status: u16) -> ErrorKind {
+    match code {
+        "ThrottlingException"
+        | "Throttling"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded"
+        | "TooManyUpdates" => ErrorKind::Throttled,
+        "AccessDeniedException"
+        | "DecryptionFailure"
+        | "InvalidKeyId"
+        | "KMSAccessDeniedException" => ErrorKind::AccessDenied,
+        "ExpiredTokenException"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "InvalidClientTokenId"
+        | "MissingAuthenticationToken"
+        | "SignatureDoesNotMatch" => ErrorKind::Credentials,
+        "ResourceNotFoundException" | "ParameterNotFound" | "ParameterVersionNotFound" => {
+            ErrorKind::NotFound
+        }
+        "InternalServiceError"
+        | "InternalServerError"
+        | "InternalFailure"
+        | "ServiceUnavailable" => ErrorKind::Transient,
+        _ if status >= 500 => ErrorKind::Transient,
+        _ => ErrorKind::Invalid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_classify_per_contract() {
+        let check = |code, status, want| assert_eq!(classify_code(code, status), want, "{code}");
+        check("ThrottlingException", 400, ErrorKind::Throttled);
+        check("AccessDeniedException", 400, ErrorKind::AccessDenied);
+        check("DecryptionFailure", 400, ErrorKind::AccessDenied);
+        check("ExpiredTokenException", 400, ErrorKind::Credentials);
+        check("ResourceNotFoundException", 404, ErrorKind::NotFound);
+        check("ParameterVersionNotFound", 400, ErrorKind::NotFound);
+        check("InternalServiceError", 500, ErrorKind::Transient);
+        check("SomethingNew", 503, ErrorKind::Transient);
+        check("ValidationException", 400, ErrorKind::Invalid);
+        check("InvalidRequestException", 400, ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn batching_skips_selectors_arns_and_references() {
+        let p = |name: &str| ParamKey {
+            name: name.into(),
+            selector: None,
+            decrypt: false,
+        };
+        assert!(batchable_param(&p("/a/b")));
+        assert!(!batchable_param(&p("arn:aws:ssm:r:1:parameter/a")));
+        assert!(!batchable_param(&p("/aws/reference/secretsmanager/x")));
+    }
+}
