@@ -69,6 +69,7 @@ impl Api {
     /// Handles one request.
     pub async fn handle<B>(&self, req: &Request<B>) -> Resp {
         let path = req.uri().path();
+        tracing::trace!(method = %req.method(), path, "Request.");
         let family = if matches!(
             path,
             "/secret" | "/parameter" | "/parameters" | "/readyz" | "/healthz"

@@ -223,6 +223,7 @@ impl Scheduler {
             })
             .collect();
         let keys: Vec<Arc<Key>> = jobs.iter().map(|(k, _)| k.clone()).collect();
+        tracing::debug!(keys = keys.len(), "Fetching a batch.");
         let handle = self.tasks.spawn(fetch_batch(self.source.clone(), jobs));
         self.batches.insert(handle.id(), keys);
     }

@@ -610,9 +610,13 @@ fn targets(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<Target>, ConfigError> {
 
 fn log(raw: &RawConfig, c: &Check<'_>) -> Result<LogConfig, ConfigError> {
     let level = raw.log.level.to_ascii_lowercase();
+    // A bare `debug`/`trace` raises only sidekey's own logs: SDK and HTTP internals at those
+    // levels may print request and response bodies, i.e. secret values. A full directive
+    // (e.g. `trace,aws_smithy_runtime=trace`) is taken as the operator's explicit choice.
     let filter = match level.as_str() {
         "none" => "off".to_owned(),
         "warning" => "warn".to_owned(),
+        "debug" | "trace" => format!("info,sidekey={level}"),
         _ => level,
     };
     tracing_subscriber::EnvFilter::try_new(&filter)

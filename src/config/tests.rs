@@ -163,7 +163,7 @@ validate_credentials = true
     );
     assert_eq!(c.auth.tokens, vec![TokenSource::Env("MY_TOKEN".into())]);
     assert!(!c.cache.serve_stale && c.aws.validate_credentials);
-    assert_eq!(c.log.filter, "debug");
+    assert_eq!(c.log.filter, "info,sidekey=debug");
 }
 
 #[test]

@@ -428,6 +428,25 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_redacts_values() {
+        let s = Fetched::Secret(Arc::new(SecretValue {
+            arn: "arn".into(),
+            name: "n".into(),
+            version_id: "v".into(),
+            version_stages: vec![],
+            created_date: None,
+            payload: Payload::Text(SecretString::from("hunter2-value")),
+        }));
+        let b = Payload::Binary(SecretBox::new(b"bin-value".to_vec().into()));
+        let printed = format!("{s:?} {b:?}");
+        assert!(
+            !printed.contains("hunter2-value") && !printed.contains("bin-value"),
+            "{printed}"
+        );
+        assert!(printed.contains("REDACTED"), "{printed}");
+    }
+
+    #[test]
     fn path_version_lists_names_and_versions() {
         let p = |name: &str, version| {
             Arc::new(ParameterValue {

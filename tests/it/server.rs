@@ -1,0 +1,190 @@
+//! The real binary on the local file source: security checks, limits, the Unix socket,
+//! shutdown, and secret hygiene in logs.
+
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+use crate::support::{Spawn, TOKEN, get, get_unix, hold};
+
+pub const VALUES: &str = r#"
+[secrets]
+"app/db" = '{"user":"admin","password":"Pa55-w0rd-XYZZY"}'
+"app/key" = "api-key-PLUGH-42"
+[parameters]
+"/app/url" = "https://example.internal"
+"/app/secure" = { value = "secure-QUUX-7", type = "SecureString" }
+"#;
+
+const SEEDED: [&str; 4] = [
+    "Pa55-w0rd-XYZZY",
+    "api-key-PLUGH-42",
+    "secure-QUUX-7",
+    "example.internal",
+];
+
+#[test]
+fn token_forwarding_and_method_checks() {
+    let (spawn, _values) = Spawn::file(VALUES, "");
+    let sk = spawn.start();
+    let tok = ("X-Aws-Parameters-Secrets-Token", TOKEN);
+    let r = sk.raw("/secretsmanager/get?secretId=app%2Fkey", &[]);
+    assert_eq!((r.status, r.body.as_str()), (403, "Bad Token"));
+    let r = sk.raw(
+        "/secretsmanager/get?secretId=app%2Fkey",
+        &[("X-Aws-Parameters-Secrets-Token", "wrong")],
+    );
+    assert_eq!(r.status, 403);
+    let r = sk.raw(
+        "/secretsmanager/get?secretId=app%2Fkey",
+        &[tok, ("X-Forwarded-For", "10.0.0.1")],
+    );
+    assert_eq!((r.status, r.body.as_str()), (400, "Forwarded"));
+    let r = sk.raw("/secret?id=app/key", &[("X-Vault-Token", TOKEN)]);
+    assert_eq!(r.status, 200);
+    let r = sk.raw("/secret?id=app/key", &[]);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (403, Some("bad_token"))
+    );
+    let r = sk.raw("/ping", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "healthy"));
+    assert_eq!(sk.raw("/healthz", &[]).status, 200);
+    assert_eq!(sk.raw("/readyz", &[]).status, 403);
+    assert_eq!(sk.get("/readyz").status, 200);
+    let post = crate::support::request(
+        std::net::TcpStream::connect(sk.addr).unwrap(),
+        "POST",
+        "/secret?id=x",
+        &[],
+    );
+    assert_eq!(
+        post.status, 403,
+        "an unauthenticated POST is refused before the method check"
+    );
+    let post = crate::support::request(
+        std::net::TcpStream::connect(sk.addr).unwrap(),
+        "POST",
+        "/secret?id=x",
+        &[tok],
+    );
+    assert_eq!(post.status, 405);
+    let long = format!("/secret?id={}", "a".repeat(10_000));
+    assert!(
+        matches!(sk.get(&long).status, 414 | 431),
+        "overlong URIs are refused"
+    );
+}
+
+#[test]
+fn connection_limit_answers_429_but_keeps_ping() {
+    let (spawn, _values) = Spawn::file(VALUES, "[listen]\nmax_connections = 1\n");
+    let sk = spawn.start();
+    let _held = hold(sk.addr);
+    let r = sk.get("/secret?id=app/key");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (429, "Connection limit exceeded")
+    );
+    assert_eq!(sk.raw("/ping", &[]).status, 200);
+    drop(_held);
+    crate::support::wait_until(std::time::Duration::from_secs(5), || {
+        sk.get("/secret?id=app/key").status == 200
+    });
+}
+
+#[test]
+fn unix_socket_is_private_and_removed_on_shutdown() {
+    let (spawn, _values) = Spawn::file(VALUES, "");
+    let sk = spawn.start();
+    let meta = std::fs::symlink_metadata(&sk.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        sk.get_unix("/secret?id=app/key&raw=true").body,
+        "api-key-PLUGH-42"
+    );
+    assert_eq!(get_unix(&sk.socket, "/secret?id=app/key", &[]).status, 403);
+    let socket = sk.socket.clone();
+    let (code, _) = sk.terminate();
+    assert_eq!(code, Some(0));
+    assert!(!socket.exists(), "socket file removed on shutdown");
+}
+
+#[test]
+fn a_path_that_is_not_a_socket_is_never_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-a-socket");
+    std::fs::write(&path, "precious").unwrap();
+    let (spawn, values) = Spawn::file(VALUES, "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+        .args(["run", "--listen", "127.0.0.1:0", "--unix-socket"])
+        .arg(&path)
+        .arg("--source-file")
+        .arg(values.path().join("values.toml"))
+        .env_clear()
+        .envs(&spawn.env)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+}
+
+#[test]
+fn secret_values_never_reach_logs_even_at_trace() {
+    let (mut spawn, _values) = Spawn::file(
+        VALUES,
+        "[log]\nlevel = \"trace\"\n[[secrets]]\nid = \"app/db\"\n",
+    );
+    spawn.env.insert("RUST_LOG".into(), "trace".into());
+    let sk = spawn.start();
+    for uri in [
+        "/secret?id=app/db&key=password&raw=true",
+        "/secret?id=app/db&key=missing",
+        "/secret?id=app/key&pointer=/x",
+        "/secretsmanager/get?secretId=app%2Fdb",
+        "/v1/app/key?refreshNow=true",
+        "/systemsmanager/parameters/get?name=%2Fapp%2Fsecure&withDecryption=true",
+        "/parameter?name=/app/url&key=x",
+        "/parameters?path=/app",
+        "/secret?id=nope",
+    ] {
+        let _ = sk.get(uri);
+    }
+    assert_eq!(
+        sk.get("/secret?id=app/db&key=password&raw=true").body,
+        "Pa55-w0rd-XYZZY"
+    );
+    let mut child_out = String::new();
+    let stdout_lines = sk.stdout_lines.join("\n");
+    let (code, stderr) = {
+        let mut sk = sk;
+        let _ = sk
+            .child
+            .stdout
+            .take()
+            .map(|mut o| o.read_to_string(&mut child_out));
+        sk.terminate()
+    };
+    assert_eq!(code, Some(0));
+    assert!(
+        stderr.contains("TRACE") || stderr.contains("DEBUG"),
+        "trace logging is on"
+    );
+    for value in SEEDED {
+        assert!(!stderr.contains(value), "{value} leaked to stderr");
+        assert!(
+            !child_out.contains(value) && !stdout_lines.contains(value),
+            "{value} leaked to stdout"
+        );
+    }
+}
+
+#[test]
+fn tcp_requests_get_loopback_only_replies() {
+    let (spawn, _values) = Spawn::file(VALUES, "");
+    let sk = spawn.start();
+    assert!(sk.addr.ip().is_loopback());
+    let r = get(sk.addr, "/ping", &[]);
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+}
