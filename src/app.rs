@@ -20,6 +20,7 @@ use crate::refs::{self, RefKind};
 use crate::source::aws::AwsSource;
 use crate::source::file::FileSource;
 use crate::source::{Fetched, Payload, SharedSource, SourceError};
+use crate::watch;
 
 /// Why the app stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -83,11 +84,13 @@ pub async fn build_source(config: &Config) -> Result<SharedSource, AppError> {
     }
 }
 
-/// Serves until `Shutdown` (drain) or `Quit` (no drain) arrives on `control`.
+/// Serves until `Shutdown` (drain) or `Quit` (no drain) arrives on `control`. With
+/// `reloads`, a change to the config file sends `Reload` through it (the same path as SIGHUP).
 pub async fn run(
     setup: Setup,
     listeners: Listeners,
     mut control: mpsc::Receiver<Control>,
+    reloads: Option<mpsc::Sender<Control>>,
 ) -> Result<(), AppError> {
     let Setup {
         mut config,
@@ -103,6 +106,14 @@ pub async fn run(
     let stop_serving = CancellationToken::new();
     auth.spawn_reloader(background.clone(), &tracker);
     let cache = Cache::start(source, config.cache.clone(), background.clone(), &tracker);
+    let _watch = match (&load.file, reloads) {
+        (Some(file), Some(tx)) => watch::watch_config(file, tx, background.clone(), &tracker)
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "Cannot watch the config file; reload with SIGHUP."),
+            )
+            .ok(),
+        _ => None,
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let api = Arc::new(Api::new(cache.clone(), auth, &config.api, ready.clone()));
     for line in listeners.describe() {

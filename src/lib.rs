@@ -19,3 +19,4 @@ pub mod control;
 pub mod refs;
 pub mod source;
 pub mod telemetry;
+pub mod watch;

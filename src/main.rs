@@ -168,6 +168,7 @@ async fn run(config: Config, load: LoadOptions) -> Result<(), AppError> {
         .map_err(AppError::Bind)?;
     let source = app::build_source(&config).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let reloads = tx.clone();
     tokio::spawn(async move {
         if let Err(e) = control::forward_signals(tx.clone()).await {
             tracing::error!(error = %e, "Cannot install signal handlers.");
@@ -182,6 +183,7 @@ async fn run(config: Config, load: LoadOptions) -> Result<(), AppError> {
         },
         listeners,
         rx,
+        Some(reloads),
     )
     .await
 }

@@ -439,7 +439,10 @@ fn sdk_traffic_at_trace_level_does_not_leak_values() {
     ));
     let (code, stderr) = sk.terminate();
     assert_eq!(code, Some(0));
-    assert!(stderr.contains("TRACE") && stderr.contains("DEBUG"), "trace logging is on");
+    assert!(
+        stderr.contains("TRACE") && stderr.contains("DEBUG"),
+        "trace logging is on"
+    );
     for value in ["p2", "u2", "s3cure"] {
         assert!(
             !stderr.contains(&format!("\"{value}\"")) && !stderr.contains(&format!("={value}")),

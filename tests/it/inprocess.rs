@@ -43,7 +43,7 @@ fn concurrent_misses_reach_the_backend_once_and_shutdown_drains() {
         load,
         source: fake.clone(),
     };
-    let server = rt.spawn(app::run(setup, listeners, rx));
+    let server = rt.spawn(app::run(setup, listeners, rx, None));
 
     let clients: Vec<_> = (0..50)
         .map(|i| {

@@ -188,3 +188,35 @@ fn tcp_requests_get_loopback_only_replies() {
     let r = get(sk.addr, "/ping", &[]);
     assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
 }
+
+#[test]
+fn config_changes_reload_prefetch_lists_and_reject_restart_only_sections() {
+    let (spawn, _values) = Spawn::file(VALUES, "[[secrets]]\nid = \"app/db\"\n");
+    let sk = spawn.start();
+    let wait_for = |needle: &str| {
+        crate::support::wait_until(std::time::Duration::from_secs(15), || {
+            sk.stderr().contains(needle)
+        });
+    };
+    let base = sk.config_text.clone();
+    std::fs::write(&sk.config, format!("{base}[[secrets]]\nid = \"app/key\"\n")).unwrap();
+    wait_for("Reload applied.");
+    std::fs::write(&sk.config, format!("{base}[listen]\nmax_connections = 5\n")).unwrap();
+    wait_for("Reload rejected: these sections need a restart");
+    std::fs::write(&sk.config, "not = [valid").unwrap();
+    wait_for("Reload rejected: invalid config");
+    sk.signal("HUP");
+    crate::support::wait_until(std::time::Duration::from_secs(15), || {
+        sk.stderr()
+            .matches("Reload rejected: invalid config")
+            .count()
+            >= 2
+    });
+    assert_eq!(
+        sk.get("/secret?id=app/key&raw=true").body,
+        "api-key-PLUGH-42",
+        "the old config keeps serving"
+    );
+    let (code, _) = sk.terminate();
+    assert_eq!(code, Some(0));
+}

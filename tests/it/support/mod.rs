@@ -107,6 +107,10 @@ pub const TOKEN: &str = "test-token-abc123";
 /// A running `sidekey` binary.
 pub struct Sidekey {
     pub child: Child,
+    pub config: PathBuf,
+    pub config_text: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     pub addr: SocketAddr,
     pub socket: PathBuf,
     pub dir: tempfile::TempDir,
@@ -191,8 +195,22 @@ impl Spawn {
             }
             lines.push(line);
         }
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err_pipe = BufReader::new(child.stderr.take().expect("stderr"));
+        let stderr_reader = Some(std::thread::spawn(move || {
+            let mut line = String::new();
+            while err_pipe.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        }));
         let sk = Sidekey {
             child,
+            config: cfg,
+            config_text: self.config,
+            stderr,
+            stderr_reader,
             addr: addr.expect("tcp address"),
             socket,
             dir,
@@ -220,19 +238,26 @@ impl Sidekey {
         get(self.addr, uri, headers)
     }
 
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, …).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status();
+    }
+
     /// Sends SIGTERM and returns (exit code, stderr).
     pub fn terminate(mut self) -> (Option<i32>, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        self.signal("TERM");
         let status = self.child.wait().expect("wait");
-        let mut err = String::new();
-        let _ = self
-            .child
-            .stderr
-            .take()
-            .map(|mut e| e.read_to_string(&mut err));
-        (status.code(), err)
+        if let Some(t) = self.stderr_reader.take() {
+            let _ = t.join();
+        }
+        (status.code(), self.stderr())
     }
 }
 

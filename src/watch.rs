@@ -1,0 +1,90 @@
+//! Config file watcher → debounced [`Control::Reload`]. Watches the parent directory and filters
+//! by file name, because editors and Kubernetes ConfigMaps replace files (new inode) rather
+//! than write them in place. The reload path re-reads and validates the file anyway, so a
+//! spurious event costs one parse.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::control::Control;
+
+/// Quiet period after the last event before a reload is sent (editors write in bursts).
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Keeps the OS watch alive; dropping it stops watching.
+pub struct ConfigWatch {
+    _watcher: notify::RecommendedWatcher,
+}
+
+/// Watches `file` and sends `Control::Reload` to `tx` after each burst of changes.
+pub fn watch_config(
+    file: &Path,
+    tx: mpsc::Sender<Control>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> notify::Result<ConfigWatch> {
+    let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+    let dir = file
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned);
+    let name = file.file_name().map(ToOwned::to_owned);
+    let (raw_tx, mut raw_rx) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+            // Full channel = a reload is already pending; that one will read the new file.
+            let _ = raw_tx.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                event = raw_rx.recv() => if event.is_none() { return },
+            }
+            // Debounce: wait until the directory has been quiet for DEBOUNCE.
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(DEBOUNCE) => break,
+                    _ = raw_rx.recv() => {}
+                }
+            }
+            tracing::info!("Config file changed.");
+            if tx.send(Control::Reload).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(ConfigWatch { _watcher: watcher })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_writes_is_one_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sidekey.toml");
+        std::fs::write(&file, "a").unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let _w = watch_config(&file, tx, stop.clone(), &tracker).unwrap();
+        for i in 0..5 {
+            std::fs::write(&file, format!("b{i}")).unwrap();
+        }
+        std::fs::write(dir.path().join("other.toml"), "x").unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        assert_eq!(first.ok().flatten(), Some(Control::Reload));
+        let second = tokio::time::timeout(DEBOUNCE * 4, rx.recv()).await;
+        assert!(second.is_err(), "one reload for one burst");
+        stop.cancel();
+    }
+}
