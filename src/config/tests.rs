@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::source::{Key, PathKey};
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs

@@ -1,8 +1,8 @@
-//! The AWS backends: Secrets Manager and SSM Parameter Store through the official SDK. This is
-//! the only file that knows the SDK; it batches (20 secrets / 10 parameters per call), pages
-//! path walks to the end, caps concurrent calls per client and classifies every error.
+//! The AWS backends: Secrets Manager and SSM Parameter Store through the official SDK. This
+//! module (with `secretsmanager` and `ssm` below it) is the only code that knows the SDK; it
+//! batches (20 secrets / 10 parameters per call), pages path walks to the end, caps concurrent
+//! calls per client and classifies every error.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_config::retry::RetryConfig;
@@ -10,17 +10,18 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{AppName, BehaviorVersion, Region, SdkConfig};
 use aws_sdk_secretsmanager::config::http::HttpResponse;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_secretsmanager::primitives::{Blob, DateTime};
-use aws_sdk_ssm::types::Parameter;
-use secrecy::{SecretBox, SecretString};
+use aws_sdk_secretsmanager::primitives::DateTime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{
-    ErrorKind, FetchResult, Fetched, Key, ParamKey, ParameterValue, PathKey, Payload, SecretKey,
-    SecretValue, Source, SourceError, SourceFuture, Timestamp,
+    ErrorKind, FetchResult, Key, ParamKey, SecretKey, Source, SourceError, SourceFuture, Timestamp,
 };
 use crate::config::{AwsConfig, RetryMode};
+use ssm::batchable_param;
+
+mod secretsmanager;
+mod ssm;
 
 /// BatchGetSecretValue accepts at most 20 ids.
 const SECRET_BATCH: usize = 20;
@@ -68,194 +69,6 @@ impl AwsSource {
             .await
             .map(drop)
             .map_err(|e| classify(&e))
-    }
-
-    async fn get_secret(&self, key: SecretKey) -> FetchResult {
-        let _slot = self.sm_slots.acquire().await;
-        let out = self
-            .sm
-            .get_secret_value()
-            .secret_id(&key.id)
-            .set_version_id(key.version_id.clone())
-            .set_version_stage(key.version_stage.clone())
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        secret_value(SecretParts {
-            arn: out.arn(),
-            name: out.name(),
-            version_id: out.version_id(),
-            stages: out.version_stages(),
-            created: out.created_date(),
-            string: out.secret_string(),
-            binary: out.secret_binary(),
-        })
-    }
-
-    /// BatchGetSecretValue for current versions. Ids the batch cannot attribute to a result
-    /// (e.g. partial ARNs) come back as `None` and are fetched one by one.
-    async fn batch_secrets(&self, ids: &[&str]) -> Vec<Option<FetchResult>> {
-        let mut found: HashMap<String, FetchResult> = HashMap::new();
-        let mut token = None;
-        loop {
-            let _slot = self.sm_slots.acquire().await;
-            let out = self
-                .sm
-                .batch_get_secret_value()
-                .set_secret_id_list(Some(ids.iter().map(|s| (*s).to_owned()).collect()))
-                .set_next_token(token.take())
-                .send()
-                .await;
-            let out = match out {
-                Ok(out) => out,
-                Err(e) => {
-                    let err = classify(&e);
-                    // A batch can fail where single reads work (no BatchGetSecretValue
-                    // permission; moto fails the whole call for one bad secret): fall back.
-                    let fallback = !err.kind.retryable();
-                    return ids
-                        .iter()
-                        .map(|_| (!fallback).then(|| Err(err.clone())))
-                        .collect();
-                }
-            };
-            for e in out.secret_values() {
-                let value = secret_value(SecretParts {
-                    arn: e.arn(),
-                    name: e.name(),
-                    version_id: e.version_id(),
-                    stages: e.version_stages(),
-                    created: e.created_date(),
-                    string: e.secret_string(),
-                    binary: e.secret_binary(),
-                });
-                for id in [e.name(), e.arn()].into_iter().flatten() {
-                    found.insert(id.to_owned(), value.clone());
-                }
-            }
-            for e in out.errors() {
-                let code = e.error_code().unwrap_or("InternalFailure");
-                let err =
-                    SourceError::new(classify_code(code, 400), code, e.message().unwrap_or(""))
-                        .with_status(400);
-                if let Some(id) = e.secret_id() {
-                    found.insert(id.to_owned(), Err(err));
-                }
-            }
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                break;
-            }
-        }
-        ids.iter().map(|id| found.remove(*id)).collect()
-    }
-
-    async fn describe(&self, key: &SecretKey, version_id: &str) -> Result<bool, SourceError> {
-        let _slot = self.sm_slots.acquire().await;
-        let out = self
-            .sm
-            .describe_secret()
-            .secret_id(&key.id)
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        let Some(map) = out.version_ids_to_stages() else {
-            return Ok(false);
-        };
-        Ok(match (&key.version_id, &key.version_stage) {
-            (Some(id), stage) => {
-                id == version_id
-                    && map
-                        .get(id)
-                        .is_some_and(|stages| stage.as_ref().is_none_or(|s| stages.contains(s)))
-            }
-            (None, stage) => {
-                let stage = stage.as_deref().unwrap_or("AWSCURRENT");
-                map.get(version_id)
-                    .is_some_and(|stages| stages.iter().any(|s| s == stage))
-            }
-        })
-    }
-
-    async fn get_parameter(&self, key: ParamKey) -> FetchResult {
-        let _slot = self.ssm_slots.acquire().await;
-        let out = self
-            .ssm
-            .get_parameter()
-            .name(key.selector_name())
-            .with_decryption(key.decrypt)
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        let p = out
-            .parameter()
-            .ok_or_else(|| SourceError::not_found(&Key::Parameter(key.clone())))?;
-        Ok(Fetched::Parameter(Arc::new(parameter_value(p, &key))))
-    }
-
-    /// GetParameters for up to 10 unselected names with the same decryption flag. Names missing
-    /// from both result lists come back as `None` and are fetched one by one.
-    async fn batch_parameters(&self, keys: &[ParamKey]) -> Vec<Option<FetchResult>> {
-        let _slot = self.ssm_slots.acquire().await;
-        let out = self
-            .ssm
-            .get_parameters()
-            .set_names(Some(keys.iter().map(|k| k.name.clone()).collect()))
-            .with_decryption(keys.first().is_some_and(|k| k.decrypt))
-            .send()
-            .await;
-        let out = match out {
-            Ok(out) => out,
-            Err(e) => {
-                let err = classify(&e);
-                return keys.iter().map(|_| Some(Err(err.clone()))).collect();
-            }
-        };
-        keys.iter()
-            .map(|k| {
-                if let Some(p) = out.parameters().iter().find(|p| p.name() == Some(&k.name)) {
-                    Some(Ok(Fetched::Parameter(Arc::new(parameter_value(p, k)))))
-                } else if out.invalid_parameters().contains(&k.name) {
-                    Some(Err(SourceError::not_found(&Key::Parameter(k.clone()))))
-                } else {
-                    None
-                }
-            })
-            .collect()
-    }
-
-    /// GetParametersByPath until no NextToken; pages may be empty and still carry a token.
-    async fn walk_path(&self, key: PathKey) -> FetchResult {
-        let mut all = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let _slot = self.ssm_slots.acquire().await;
-            let out = self
-                .ssm
-                .get_parameters_by_path()
-                .path(&key.path)
-                .recursive(key.recursive)
-                .with_decryption(key.decrypt)
-                .max_results(PARAM_BATCH as i32)
-                .set_next_token(token.take())
-                .send()
-                .await
-                .map_err(|e| classify(&e))?;
-            for p in out.parameters() {
-                let pk = ParamKey {
-                    name: p.name().unwrap_or_default().to_owned(),
-                    selector: None,
-                    decrypt: key.decrypt,
-                };
-                all.push(Arc::new(parameter_value(p, &pk)));
-            }
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                break;
-            }
-        }
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Fetched::Path(all.into()))
     }
 }
 
@@ -369,10 +182,6 @@ impl AwsSource {
     }
 }
 
-fn batchable_param(p: &ParamKey) -> bool {
-    p.selector.is_none() && !p.name.starts_with("arn:") && !p.name.starts_with("/aws/reference/")
-}
-
 async fn shared_config(cfg: &AwsConfig) -> SdkConfig {
     let retry = match cfg.retry_mode {
         RetryMode::Standard => RetryConfig::standard(),
@@ -400,56 +209,6 @@ fn timeouts(cfg: &AwsConfig) -> aws_config::timeout::TimeoutConfigBuilder {
         b = b.operation_timeout(t);
     }
     b
-}
-
-struct SecretParts<'a> {
-    arn: Option<&'a str>,
-    name: Option<&'a str>,
-    version_id: Option<&'a str>,
-    stages: &'a [String],
-    created: Option<&'a DateTime>,
-    string: Option<&'a str>,
-    binary: Option<&'a Blob>,
-}
-
-fn secret_value(p: SecretParts<'_>) -> FetchResult {
-    let payload = match (p.string, p.binary) {
-        (Some(s), _) => Payload::Text(SecretString::from(s)),
-        (None, Some(b)) => Payload::Binary(SecretBox::new(b.as_ref().into())),
-        (None, None) => {
-            return Err(SourceError::new(
-                ErrorKind::Transient,
-                "ResponseError",
-                "secret value carries neither SecretString nor SecretBinary",
-            ));
-        }
-    };
-    Ok(Fetched::Secret(Arc::new(SecretValue {
-        arn: p.arn.unwrap_or_default().to_owned(),
-        name: p.name.unwrap_or_default().to_owned(),
-        version_id: p.version_id.unwrap_or_default().to_owned(),
-        version_stages: p.stages.to_vec(),
-        created_date: p.created.map(timestamp),
-        payload,
-    })))
-}
-
-fn parameter_value(p: &Parameter, key: &ParamKey) -> ParameterValue {
-    ParameterValue {
-        arn: p.arn().unwrap_or_default().to_owned(),
-        name: p.name().unwrap_or_default().to_owned(),
-        kind: p.r#type().map_or("String", |t| t.as_str()).to_owned(),
-        value: SecretString::from(p.value().unwrap_or_default()),
-        version: p.version(),
-        last_modified: p.last_modified_date().map(timestamp),
-        data_type: p.data_type().map(str::to_owned),
-        // moto omits Selector; fill it from the request as the real service does.
-        selector: p
-            .selector()
-            .map(str::to_owned)
-            .or_else(|| key.selector_suffix()),
-        source_result: p.source_result().map(SecretString::from),
-    }
 }
 
 fn timestamp(d: &DateTime) -> Timestamp {

@@ -1,0 +1,368 @@
+//! Validation: the merged [`RawConfig`] → the typed [`Config`]. Every error names the key and
+//! the layer its value came from (figment metadata).
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::{Figment, Metadata};
+
+use super::raw::{Dur, RawConfig};
+use super::{
+    ApiConfig, AuthConfig, AwsConfig, Config, ConfigError, ListenConfig, LogConfig, RetryMode,
+    SourceConfig, TokenSource, UnixConfig,
+};
+use crate::cache::{Backoff, Settings, Target};
+use crate::refs::{self, RefKind};
+use crate::source::{Key, PathKey};
+
+struct Check<'a> {
+    fig: &'a Figment,
+}
+
+impl Check<'_> {
+    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        // Array elements have no metadata of their own: fall back to the nearest parent key.
+        let mut probe = key;
+        let md = loop {
+            match self.fig.find_metadata(probe) {
+                Some(md) => break Some(md),
+                None => match probe.rsplit_once('.') {
+                    Some((parent, _)) => probe = parent,
+                    None => break None,
+                },
+            }
+        };
+        let origin = match md {
+            Some(Metadata {
+                name,
+                source: Some(src),
+                ..
+            }) => format!("{name} {src}"),
+            Some(md) => md.name.to_string(),
+            None => "defaults".to_owned(),
+        };
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            origin,
+            message: message.into(),
+        }
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, fig: &Figment) -> Result<Config, ConfigError> {
+    let c = Check { fig };
+    Ok(Config {
+        listen: listen(&raw, &c)?,
+        api: api(&raw, &c)?,
+        auth: auth(&raw, &c)?,
+        cache: cache(&raw, &c)?,
+        abort_on_prefetch_error: match raw.cache.on_prefetch_error.as_str() {
+            "abort" => true,
+            "degrade" => false,
+            _ => return Err(c.err("cache.on_prefetch_error", "expected `degrade` or `abort`")),
+        },
+        aws: aws(&raw, &c)?,
+        source: match (raw.source.kind.as_str(), &raw.source.file) {
+            ("aws", None) => SourceConfig::Aws,
+            ("file", Some(p)) => SourceConfig::File(p.clone()),
+            ("file", None) => return Err(c.err("source.kind", "`file` needs source.file = PATH")),
+            ("aws", Some(_)) => {
+                return Err(c.err("source.file", "only valid with source.kind = \"file\""));
+            }
+            _ => return Err(c.err("source.kind", "expected `aws` or `file`")),
+        },
+        targets: targets(&raw, &c)?,
+        log: log(&raw, &c)?,
+        warnings: Vec::new(),
+        raw,
+    })
+}
+
+fn listen(raw: &RawConfig, c: &Check<'_>) -> Result<ListenConfig, ConfigError> {
+    let l = &raw.listen;
+    let tcp = match l.tcp.as_str() {
+        "" => None,
+        s => {
+            let addr: SocketAddr = s
+                .parse()
+                .map_err(|_| c.err("listen.tcp", format!("{s:?} is not an IP:port address")))?;
+            if !addr.ip().is_loopback() && !l.allow_non_loopback {
+                return Err(c.err(
+                    "listen.tcp",
+                    format!("{addr} is not a loopback address; set listen.allow_non_loopback = true to expose secrets beyond this host"),
+                ));
+            }
+            Some(addr)
+        }
+    };
+    let unix = match &l.unix {
+        None => None,
+        Some(path) => Some(UnixConfig {
+            path: path.clone(),
+            mode: u32::from_str_radix(&l.unix_mode, 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    c.err(
+                        "listen.unix_mode",
+                        "expected an octal mode such as \"0660\"",
+                    )
+                })?,
+            owner: l
+                .unix_owner
+                .as_deref()
+                .map(|o| lookup_id(Path::new("/etc/passwd"), o))
+                .transpose()
+                .map_err(|m| c.err("listen.unix_owner", m))?,
+            group: l
+                .unix_group
+                .as_deref()
+                .map(|g| lookup_id(Path::new("/etc/group"), g))
+                .transpose()
+                .map_err(|m| c.err("listen.unix_group", m))?,
+        }),
+    };
+    if tcp.is_none() && unix.is_none() {
+        return Err(c.err("listen.tcp", "no listener: set listen.tcp or listen.unix"));
+    }
+    Ok(ListenConfig {
+        tcp,
+        unix,
+        max_connections: usize::try_from(l.max_connections)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| c.err("listen.max_connections", "must be at least 1"))?,
+        header_timeout: positive(c, "listen.header_timeout", l.header_timeout)?,
+        grace: l.grace.0,
+    })
+}
+
+/// Resolves a user or group name (or number) through an `/etc/passwd`-style file.
+fn lookup_id(file: &Path, name: &str) -> Result<u32, String> {
+    if let Ok(id) = name.parse() {
+        return Ok(id);
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split(':');
+            let n = f.next()?;
+            let id = f.nth(1)?.parse().ok()?;
+            (n == name).then_some(id)
+        })
+        .next()
+        .ok_or_else(|| format!("{name:?} not found in {}", file.display()))
+}
+
+fn api(raw: &RawConfig, c: &Check<'_>) -> Result<ApiConfig, ConfigError> {
+    let p = &raw.api.path_prefix;
+    if !p.starts_with('/') || p.contains(['?', '#']) {
+        return Err(c.err(
+            "api.path_prefix",
+            "must start with `/` and hold no `?` or `#`",
+        ));
+    }
+    let path_prefix = if p.ends_with('/') {
+        p.clone()
+    } else {
+        format!("{p}/")
+    };
+    Ok(ApiConfig {
+        path_prefix,
+        strict_query: raw.api.strict_query,
+    })
+}
+
+fn auth(raw: &RawConfig, c: &Check<'_>) -> Result<AuthConfig, ConfigError> {
+    if raw.auth.headers.is_empty() {
+        return Err(c.err("auth.headers", "must name at least one header"));
+    }
+    if raw.auth.tokens.is_empty() {
+        return Err(c.err("auth.tokens", "must name at least one token source"));
+    }
+    let headers = raw
+        .auth
+        .headers
+        .iter()
+        .map(|h| {
+            http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| c.err("auth.headers", format!("{h:?} is not a valid header name")))
+        })
+        .collect::<Result<_, _>>()?;
+    let tokens = raw
+        .auth
+        .tokens
+        .iter()
+        .map(|t| match t.strip_prefix("file://") {
+            Some("") => Err(c.err("auth.tokens", "file:// needs a path")),
+            Some(p) => Ok(TokenSource::File(PathBuf::from(p))),
+            None if !t.is_empty()
+                && t.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') =>
+            {
+                Ok(TokenSource::Env(t.clone()))
+            }
+            None => Err(c.err(
+                "auth.tokens",
+                format!("{t:?} is neither an env var name nor file://PATH"),
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(AuthConfig { headers, tokens })
+}
+
+fn cache(raw: &RawConfig, c: &Check<'_>) -> Result<Settings, ConfigError> {
+    let r = &raw.cache;
+    if !(0.0..=1.0).contains(&r.jitter) {
+        return Err(c.err("cache.jitter", "must be between 0 and 1"));
+    }
+    let backoff = Backoff {
+        min: positive(c, "cache.backoff_min", r.backoff_min)?,
+        max: positive(c, "cache.backoff_max", r.backoff_max)?,
+    };
+    if backoff.max < backoff.min {
+        return Err(c.err("cache.backoff_max", "must not be below cache.backoff_min"));
+    }
+    Ok(Settings {
+        secrets_ttl: r.secrets_ttl.unwrap_or(r.ttl).0,
+        parameters_ttl: r.parameters_ttl.unwrap_or(r.ttl).0,
+        max_entries: r.max_entries as usize,
+        serve_stale: r.serve_stale,
+        max_stale: r.max_stale.0,
+        jitter: r.jitter,
+        backoff,
+        batch_window: r.batch_window.0,
+    })
+}
+
+fn aws(raw: &RawConfig, c: &Check<'_>) -> Result<AwsConfig, ConfigError> {
+    let a = &raw.aws;
+    let nonzero_timeout = |d: Option<Dur>| d.map(|d| d.0).filter(|d| !d.is_zero());
+    if let Some(url) = &a.endpoint_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(c.err("aws.endpoint_url", "must be an http:// or https:// URL"));
+    }
+    Ok(AwsConfig {
+        region: a.region.clone().filter(|r| !r.is_empty()),
+        endpoint_url: a.endpoint_url.clone(),
+        timeout: nonzero_timeout(a.timeout),
+        connect_timeout: positive(c, "aws.connect_timeout", a.connect_timeout)?,
+        secrets_manager_timeout: nonzero_timeout(a.secrets_manager_timeout),
+        ssm_timeout: nonzero_timeout(a.ssm_timeout),
+        retry_mode: match a.retry_mode.as_str() {
+            "standard" => RetryMode::Standard,
+            "adaptive" => RetryMode::Adaptive,
+            _ => return Err(c.err("aws.retry_mode", "expected `standard` or `adaptive`")),
+        },
+        max_attempts: NonZeroU32::new(a.max_attempts)
+            .ok_or_else(|| c.err("aws.max_attempts", "must be at least 1"))?,
+        max_connections: usize::try_from(a.max_connections)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| c.err("aws.max_connections", "must be at least 1"))?,
+        validate_credentials: a.validate_credentials,
+    })
+}
+
+fn targets(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<Target>, ConfigError> {
+    let default = positive(c, "cache.refresh_interval", raw.cache.refresh_interval)?;
+    let interval = |key: &str, d: Option<Dur>| match d {
+        Some(d) if d.0 < Duration::from_secs(1) => Err(c.err(key, "must be at least 1s")),
+        Some(d) => Ok(d.0),
+        None => Ok(default),
+    };
+    let mut out = Vec::new();
+    for (i, s) in raw.secrets.iter().enumerate() {
+        let at = |f: &str| format!("secrets.{i}.{f}");
+        let r = refs::parse(&s.id, RefKind::Secret, true)
+            .map_err(|e| c.err(&at("id"), e.to_string()))?;
+        let Key::Secret(mut key) = r.key else {
+            return Err(c.err(&at("id"), "is not a Secrets Manager reference"));
+        };
+        if s.version_stage.is_some() && key.version_stage.is_some()
+            || s.version_id.is_some() && key.version_id.is_some()
+        {
+            return Err(c.err(
+                &at("id"),
+                "version given both in the id suffix and as a field",
+            ));
+        }
+        key.version_stage = key.version_stage.or_else(|| s.version_stage.clone());
+        key.version_id = key.version_id.or_else(|| s.version_id.clone());
+        let interval = interval(&at("refresh_interval"), s.refresh_interval)?;
+        out.push(Target {
+            key: Key::Secret(key),
+            interval,
+        });
+    }
+    for (i, p) in raw.parameters.iter().enumerate() {
+        let at = |f: &str| format!("parameters.{i}.{f}");
+        let key = match (&p.name, &p.path) {
+            (Some(name), None) => {
+                if p.recursive {
+                    return Err(c.err(&at("recursive"), "only valid with `path`"));
+                }
+                refs::parse(name, RefKind::Parameter, p.with_decryption)
+                    .map_err(|e| c.err(&at("name"), e.to_string()))?
+                    .key
+            }
+            (None, Some(path)) => {
+                if !path.starts_with('/') || path.contains(':') {
+                    return Err(c.err(&at("path"), "must start with `/`"));
+                }
+                let trimmed = path.trim_end_matches('/');
+                Key::Path(PathKey {
+                    path: if trimmed.is_empty() {
+                        "/".into()
+                    } else {
+                        trimmed.into()
+                    },
+                    recursive: p.recursive,
+                    decrypt: p.with_decryption,
+                })
+            }
+            _ => {
+                return Err(c.err(
+                    &format!("parameters.{i}"),
+                    "set exactly one of `name` and `path`",
+                ));
+            }
+        };
+        let interval = interval(&at("refresh_interval"), p.refresh_interval)?;
+        out.push(Target { key, interval });
+    }
+    Ok(out)
+}
+
+fn log(raw: &RawConfig, c: &Check<'_>) -> Result<LogConfig, ConfigError> {
+    let level = raw.log.level.to_ascii_lowercase();
+    // A bare `debug`/`trace` raises only sidekey's own logs: SDK and HTTP internals at those
+    // levels may print request and response bodies, i.e. secret values. A full directive
+    // (e.g. `trace,aws_smithy_runtime=trace`) is taken as the operator's explicit choice.
+    let filter = match level.as_str() {
+        "none" => "off".to_owned(),
+        "warning" => "warn".to_owned(),
+        "debug" | "trace" => format!("info,sidekey={level}"),
+        _ => level,
+    };
+    tracing_subscriber::EnvFilter::try_new(&filter)
+        .map_err(|e| c.err("log.level", e.to_string()))?;
+    Ok(LogConfig {
+        filter,
+        json: match raw.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            _ => return Err(c.err("log.format", "expected `text` or `json`")),
+        },
+        file: raw.log.file.clone(),
+    })
+}
+
+fn positive(c: &Check<'_>, key: &str, d: Dur) -> Result<Duration, ConfigError> {
+    if d.0.is_zero() {
+        return Err(c.err(key, "must be greater than zero"));
+    }
+    Ok(d.0)
+}
