@@ -111,7 +111,6 @@ enum Command {
         targets: Vec<Target>,
         reply: oneshot::Sender<PrefetchReport>,
     },
-    RefreshDue,
 }
 
 // === Cache ===
@@ -171,14 +170,6 @@ impl Cache {
         let cmd = Command::Configure { targets, reply };
         self.tx.send(cmd).await.map_err(|_| CacheError::Stopped)?;
         rx.await.map_err(|_| CacheError::Stopped)
-    }
-
-    /// Re-checks every deadline now (Lambda INVOKE: timers do not fire while frozen).
-    pub async fn refresh_due(&self) -> Result<(), CacheError> {
-        self.tx
-            .send(Command::RefreshDue)
-            .await
-            .map_err(|_| CacheError::Stopped)
     }
 
     fn hit(&self, entry: Arc<Entry>, now: Instant) -> Result<Hit, CacheError> {

@@ -7,8 +7,12 @@
 //! Nothing here awaits a backend call: fetches run in tasks, so commands are always accepted
 //! promptly. Results are applied as one copy-on-write map swap per batch, then waiters are
 //! answered. A due key pulls every key due within `batch_window` into the same batch, so
-//! jittered deadlines still batch well. Every deadline is re-checked on each loop turn and on
-//! `RefreshDue`, not only when the timer fires (Lambda freezes timers between invokes).
+//! jittered deadlines still batch well. Every deadline is re-checked on each loop turn, not only
+//! when the timer fires (Lambda freezes timers between invokes).
+//!
+//! A key that failed with a retryable error and has no value to serve stale is remembered in
+//! `negative` for its backoff delay: reads in that window get the same error without a backend
+//! call, so a client polling in a loop cannot turn an outage into a hot loop.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +40,7 @@ pub(super) struct Scheduler {
     queue: BTreeSet<(Instant, Arc<Key>)>,
     pending: Vec<(Arc<Key>, bool)>,
     prefetches: Vec<PrefetchWait>,
+    negative: HashMap<Arc<Key>, Negative>,
     tasks: JoinSet<Done>,
     batches: HashMap<Id, Vec<Arc<Key>>>,
 }
@@ -44,6 +49,13 @@ struct Schedule {
     interval: Duration,
     deadline: Instant,
     failures: u32,
+}
+
+/// A recent retryable failure of a key with nothing to serve stale.
+struct Negative {
+    until: Instant,
+    count: u32,
+    error: SourceError,
 }
 
 struct PrefetchWait {
@@ -80,6 +92,7 @@ impl Scheduler {
             queue: BTreeSet::new(),
             pending: Vec::new(),
             prefetches: Vec::new(),
+            negative: HashMap::new(),
             tasks: JoinSet::new(),
             batches: HashMap::new(),
         }
@@ -121,12 +134,20 @@ impl Scheduler {
                 self.request(key, force, Some(reply));
             }
             Command::Configure { targets, reply } => self.configure(targets, reply),
-            Command::RefreshDue => {}
         }
     }
 
     /// Joins an in-flight fetch of `key` or queues a new one.
-    fn request(&mut self, key: Arc<Key>, force: bool, reply: Option<Waiter>) {
+    fn request(&mut self, key: Arc<Key>, force: bool, mut reply: Option<Waiter>) {
+        let now = Instant::now();
+        if !force
+            && reply.is_some()
+            && let Some(n) = self.negative.get(&key).filter(|n| n.until > now)
+            && let Some(waiter) = reply.take()
+        {
+            let _ = waiter.send(Err(n.error.clone()));
+            return;
+        }
         match self.inflight.get_mut(&key) {
             Some(waiters) => waiters.extend(reply),
             None => {
@@ -248,6 +269,9 @@ impl Scheduler {
         }
         self.evict(&mut map);
         self.store.replace(map);
+        // Forget failures once even the longest backoff has passed (keeps the map bounded).
+        let horizon = self.settings.backoff.max;
+        self.negative.retain(|_, n| n.until + horizon > now);
         for (key, result) in replies {
             for waiter in self.inflight.remove(&key).unwrap_or_default() {
                 let _ = waiter.send(result.clone());
@@ -257,7 +281,7 @@ impl Scheduler {
 
     /// Applies one outcome to the map and returns what waiters get.
     fn apply(
-        &self,
+        &mut self,
         map: &mut Map,
         key: &Arc<Key>,
         outcome: Outcome,
@@ -274,7 +298,10 @@ impl Scheduler {
             _ => None,
         };
         let value = match outcome {
-            Outcome::Fetched(v) => v,
+            Outcome::Fetched(v) => {
+                self.negative.remove(key);
+                v
+            }
             Outcome::Unchanged => match &old {
                 Some(e) => e.value.clone(),
                 None => {
@@ -308,7 +335,7 @@ impl Scheduler {
 
     /// Records a failed fetch: keeps a stale value when the error allows it, else drops it.
     fn fail(
-        &self,
+        &mut self,
         map: &mut Map,
         key: &Arc<Key>,
         old: Option<Arc<Entry>>,
@@ -322,6 +349,19 @@ impl Scheduler {
         }
         let Some(old) = old.filter(|_| error.kind.serves_stale()) else {
             remove_with_children(map, key);
+            if error.kind.retryable() {
+                let count = self.negative.get(key).map_or(1, |n| n.count + 1);
+                let until = now + self.settings.backoff.delay(count, fastrand::f64());
+                let error = error.clone();
+                self.negative.insert(
+                    key.clone(),
+                    Negative {
+                        until,
+                        count,
+                        error,
+                    },
+                );
+            }
             return error;
         };
         let count = old.failure.as_ref().map_or(1, |f| f.count + 1);

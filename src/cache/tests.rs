@@ -339,3 +339,30 @@ async fn reconfigure_drops_old_targets() {
     assert!(h.cache.store().get(&secret("a")).is_none());
     assert!(h.cache.store().get(&secret("b")).is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn reads_during_an_outage_without_a_cached_value_do_not_hammer_the_backend() {
+    let h = Harness::new(settings());
+    h.fake.put_secret("db", "v1");
+    h.fake.fail_with(Some(outage()));
+    for _ in 0..20 {
+        assert!(matches!(
+            h.text(&secret("db")).await,
+            Err(CacheError::Source(_))
+        ));
+    }
+    assert_eq!(
+        h.calls().fetches,
+        1,
+        "one call, then the error is remembered for the backoff"
+    );
+    sleep(Duration::from_secs(1)).await;
+    assert!(h.text(&secret("db")).await.is_err());
+    assert_eq!(h.calls().fetches, 2);
+    h.fake.fail_with(None);
+    assert!(
+        h.cache.get(&secret("db"), true).await.is_ok(),
+        "refreshNow bypasses the memory"
+    );
+    assert_eq!(h.text(&secret("db")).await.unwrap().0, "v1");
+}
