@@ -485,3 +485,25 @@ fn get_prints_one_value_for_scripts() {
     let out = run("ambiguous-name");
     assert!(String::from_utf8_lossy(&out.stderr).contains("ambiguous"));
 }
+
+#[test]
+fn credentials_are_checked_at_startup_when_asked() {
+    let m = moto();
+    let sk = Spawn::aws(&m.url, "[aws]\nvalidate_credentials = true\n").start();
+    assert_eq!(sk.get("/readyz").status, 200);
+    let dead = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let spawn = Spawn::aws(&dead, "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .envs(&spawn.env)
+        .env("SIDEKEY_AWS__VALIDATE_CREDENTIALS", "true")
+        .env("SIDEKEY_AWS__MAX_ATTEMPTS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "no listening line before the check"
+    );
+}
