@@ -21,7 +21,7 @@ pub mod backoff;
 mod scheduler;
 pub mod store;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use backoff::Backoff;
 pub use store::{Entry, Failure, Origin, Store};

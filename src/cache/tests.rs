@@ -14,7 +14,8 @@ use crate::source::{ErrorKind, Fetched, ParamKey, PathKey, Payload, SecretKey, S
 
 const MIN: Duration = Duration::from_secs(60);
 
-fn settings() -> Settings {
+/// Deterministic settings for tests: no jitter, 1 s…60 s backoff, 1 min TTLs.
+pub(crate) fn settings() -> Settings {
     Settings {
         secrets_ttl: MIN,
         parameters_ttl: MIN,

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use http::Request;
 use http_body_util::BodyExt;
@@ -11,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::*;
-use crate::cache::{Backoff, Settings};
 use crate::config::{AuthConfig, TokenSource};
 use crate::source::fake::FakeSource;
 use crate::source::{ErrorKind, SourceError};
@@ -40,19 +38,7 @@ fn setup(strict: bool) -> T {
     fake.put_parameter_typed("/app/key", "SecureString", "sekrit", &["prod"]);
     fake.put_parameter_typed("/app/key", "SecureString", "sekrit2", &[]);
     let stop = CancellationToken::new();
-    let settings = Settings {
-        secrets_ttl: Duration::from_secs(300),
-        parameters_ttl: Duration::from_secs(300),
-        max_entries: 100,
-        serve_stale: true,
-        max_stale: Duration::from_secs(3600),
-        jitter: 0.0,
-        backoff: Backoff {
-            min: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        },
-        batch_window: Duration::ZERO,
-    };
+    let settings = crate::cache::tests::settings();
     let cache = Cache::start(fake.clone(), settings, stop.clone(), &TaskTracker::new());
     let auth_cfg = AuthConfig {
         headers: vec![
