@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, Api, Auth, Listeners, auth::AuthError};
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheError, PrefetchReport};
 use crate::config::{self, Config, ConfigError, LoadOptions, SourceConfig};
 use crate::control::Control;
 use crate::refs::{self, RefKind};
@@ -84,6 +85,18 @@ pub async fn build_source(config: &Config) -> Result<SharedSource, AppError> {
     }
 }
 
+/// The running core shared by every mode: cache, API server and background tasks.
+pub(crate) struct Running {
+    pub(crate) config: Config,
+    pub(crate) load: LoadOptions,
+    pub(crate) cache: Cache,
+    ready: Arc<AtomicBool>,
+    tracker: TaskTracker,
+    background: CancellationToken,
+    stop_serving: CancellationToken,
+    server: tokio::task::JoinHandle<bool>,
+}
+
 /// Serves until `Shutdown` (drain) or `Quit` (no drain) arrives on `control`. With
 /// `reloads`, a change to the config file sends `Reload` through it (the same path as SIGHUP).
 pub async fn run(
@@ -92,8 +105,41 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
     reloads: Option<mpsc::Sender<Control>>,
 ) -> Result<(), AppError> {
+    let mut app = start(setup, listeners, reloads)?;
+    let cache = app.cache.clone();
+    let targets = app.config.targets.clone();
+    let prefetch = cache.configure(targets);
+    tokio::pin!(prefetch);
+    let mut prefetched = false;
+    let quit = loop {
+        tokio::select! {
+            report = &mut prefetch, if !prefetched => {
+                prefetched = true;
+                if let Err(e) = app.settle_prefetch(report) {
+                    app.stop(true).await;
+                    return Err(e);
+                }
+            }
+            event = control.recv() => match event {
+                Some(Control::Reload) => app.reload(),
+                Some(Control::Shutdown) | None => break false,
+                Some(Control::Quit) => break true,
+            },
+        }
+    };
+    app.stop(quit).await;
+    Ok(())
+}
+
+/// Starts the cache, the token reloader, the config watcher and the server; announces the
+/// listeners on stdout. Prefetch is the caller's move.
+pub(crate) fn start(
+    setup: Setup,
+    listeners: Listeners,
+    reloads: Option<mpsc::Sender<Control>>,
+) -> Result<Running, AppError> {
     let Setup {
-        mut config,
+        config,
         load,
         source,
     } = setup;
@@ -106,14 +152,19 @@ pub async fn run(
     let stop_serving = CancellationToken::new();
     auth.spawn_reloader(background.clone(), &tracker);
     let cache = Cache::start(source, config.cache.clone(), background.clone(), &tracker);
-    let _watch = match (&load.file, reloads) {
-        (Some(file), Some(tx)) => watch::watch_config(file, tx, background.clone(), &tracker)
-            .inspect_err(
-                |e| tracing::warn!(error = %e, "Cannot watch the config file; reload with SIGHUP."),
-            )
-            .ok(),
-        _ => None,
-    };
+    if let (Some(file), Some(tx)) = (&load.file, reloads) {
+        // The watch lives as long as the background token: the task holds it.
+        match watch::watch_config(file, tx, background.clone(), &tracker) {
+            Ok(w) => {
+                let stop = background.clone();
+                tracker.spawn(async move {
+                    stop.cancelled().await;
+                    drop(w);
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot watch the config file; reload with SIGHUP."),
+        }
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let api = Arc::new(Api::new(cache.clone(), auth, &config.api, ready.clone()));
     for line in listeners.describe() {
@@ -124,46 +175,60 @@ pub async fn run(
         let stop = stop_serving.clone();
         async move { api::serve(listeners, api, &listen_cfg, stop).await }
     });
+    Ok(Running {
+        config,
+        load,
+        cache,
+        ready,
+        tracker,
+        background,
+        stop_serving,
+        server,
+    })
+}
 
-    let prefetch = cache.configure(config.targets.clone());
-    tokio::pin!(prefetch);
-    let mut quit = false;
-    let mut prefetched = false;
-    loop {
-        tokio::select! {
-            report = &mut prefetch, if !prefetched => {
-                prefetched = true;
-                let report = report.map_err(|_| AppError::Prefetch(config.targets.len()))?;
-                for (key, err) in &report.failed {
-                    tracing::error!(key = %key, code = %err.code, error = %err, "Prefetch failed.");
-                }
-                if !report.failed.is_empty() && config.abort_on_prefetch_error {
-                    stop_serving.cancel();
-                    background.cancel();
-                    return Err(AppError::Prefetch(report.failed.len()));
-                }
-                ready.store(true, Ordering::Release);
-                tracing::info!(ok = report.ok, failed = report.failed.len(), "Prefetch finished; ready.");
+impl Running {
+    /// Logs a prefetch outcome and turns ready, or fails when the config says to abort.
+    pub(crate) fn settle_prefetch(
+        &self,
+        report: Result<PrefetchReport, CacheError>,
+    ) -> Result<(), AppError> {
+        let report = report.map_err(|_| AppError::Prefetch(self.config.targets.len()))?;
+        for (key, err) in &report.failed {
+            tracing::error!(key = %key, code = %err.code, error = %err, "Prefetch failed.");
+        }
+        if !report.failed.is_empty() && self.config.abort_on_prefetch_error {
+            return Err(AppError::Prefetch(report.failed.len()));
+        }
+        self.ready.store(true, Ordering::Release);
+        tracing::info!(ok = report.ok, failed = report.failed.len(), "Prefetch finished; ready.");
+        Ok(())
+    }
+
+    /// Stops accepting, drains (unless `quit`) within `listen.grace`, then stops background work.
+    pub(crate) async fn stop(self, quit: bool) {
+        let grace = self.config.listen.grace;
+        self.stop_within(quit, grace).await;
+    }
+
+    /// As [`Running::stop`] with an explicit drain budget (Lambda's SHUTDOWN deadline).
+    pub(crate) async fn stop_within(self, quit: bool, grace: Duration) {
+        tracing::info!("Shutting down.");
+        self.stop_serving.cancel();
+        if !quit {
+            match tokio::time::timeout(grace, self.server).await {
+                Ok(Ok(true)) => tracing::info!("All connections drained."),
+                _ => tracing::warn!("Grace period over; closing remaining connections."),
             }
-            event = control.recv() => match event {
-                Some(Control::Reload) => reload(&mut config, &load, &cache, &tracker),
-                Some(Control::Shutdown) | None => break,
-                Some(Control::Quit) => { quit = true; break; }
-            },
         }
+        self.background.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
     }
-    tracing::info!("Shutting down.");
-    stop_serving.cancel();
-    if !quit {
-        match server.await {
-            Ok(true) => tracing::info!("All connections drained."),
-            _ => tracing::warn!("Grace period over; closing remaining connections."),
-        }
+
+    fn reload(&mut self) {
+        reload(&mut self.config, &self.load, &self.cache, &self.tracker);
     }
-    background.cancel();
-    tracker.close();
-    let _ = tokio::time::timeout(config.listen.grace, tracker.wait()).await;
-    Ok(())
 }
 
 /// Applies a reloaded config when only reloadable parts (what to prefetch) changed; otherwise
