@@ -41,6 +41,9 @@ pub enum AppError {
     /// Prefetch failed and the config says to abort.
     #[error("prefetch failed for {0} item(s) and cache.on_prefetch_error = \"abort\"")]
     Prefetch(usize),
+    /// The Lambda Extensions API failed or refused us.
+    #[error(transparent)]
+    Lambda(#[from] crate::lambda::LambdaError),
     /// A `get` REF was malformed or its selection failed.
     #[error("{0}")]
     Ref(String),
@@ -162,7 +165,9 @@ pub(crate) fn start(
                     drop(w);
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "Cannot watch the config file; reload with SIGHUP."),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot watch the config file; reload with SIGHUP.")
+            }
         }
     }
     let ready = Arc::new(AtomicBool::new(false));
@@ -201,7 +206,11 @@ impl Running {
             return Err(AppError::Prefetch(report.failed.len()));
         }
         self.ready.store(true, Ordering::Release);
-        tracing::info!(ok = report.ok, failed = report.failed.len(), "Prefetch finished; ready.");
+        tracing::info!(
+            ok = report.ok,
+            failed = report.failed.len(),
+            "Prefetch finished; ready."
+        );
         Ok(())
     }
 

@@ -49,7 +49,13 @@ enum Kind {
 #[derive(Args)]
 struct Common {
     /// Config file (TOML; sidekey keys and/or the AWS agent's flat keys).
-    #[arg(short, long, global = true, value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "SIDEKEY_CONFIG"
+    )]
     config: Option<PathBuf>,
     /// TCP listen address (`""` disables TCP).
     #[arg(long, global = true, value_name = "ADDR")]
@@ -70,20 +76,42 @@ struct Common {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let opts = load_options(&cli.common);
+    let command = cli.command.unwrap_or(Command::Run);
+    let mut opts = load_options(&cli.common);
+    // As a Lambda extension (started with no arguments), look for a config in the function
+    // (/var/task) or a layer (/opt) unless one was named.
+    let lambda = match command {
+        Command::Run => opts.env.get("AWS_LAMBDA_RUNTIME_API").cloned(),
+        _ => None,
+    };
+    if lambda.is_some() && opts.file.is_none() {
+        opts.file = LAMBDA_CONFIGS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file());
+    }
     let config = match config::load(&opts) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sidekey: {e}");
+            if let Some(api) = &lambda {
+                block_on(async {
+                    sidekey::lambda::report_startup_failure(api, &AppError::Config(e)).await;
+                    Ok(())
+                });
+            }
             return ExitCode::from(config::EXIT_CONFIG);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::CheckConfig => check_config(&config),
         Command::Get { reference, kind } => block_on(get(config, reference, kind)),
-        Command::Run => block_on(run(config, opts)),
+        Command::Run => block_on(run(config, opts, lambda)),
     }
 }
+
+/// Config files a Lambda extension picks up when no `--config` or `SIDEKEY_CONFIG` is given.
+const LAMBDA_CONFIGS: [&str; 2] = ["/var/task/sidekey.toml", "/opt/sidekey.toml"];
 
 fn load_options(c: &Common) -> LoadOptions {
     let mut cli = Vec::new();
@@ -161,12 +189,23 @@ async fn get(config: Config, reference: String, kind: Kind) -> Result<(), AppErr
         .map_err(AppError::Bind)
 }
 
-async fn run(config: Config, load: LoadOptions) -> Result<(), AppError> {
+async fn run(config: Config, load: LoadOptions, lambda: Option<String>) -> Result<(), AppError> {
     sidekey::telemetry::init(&config.log).map_err(AppError::Bind)?;
-    let listeners = Listeners::bind(&config.listen)
-        .await
-        .map_err(AppError::Bind)?;
-    let source = app::build_source(&config).await?;
+    let started = async {
+        let listeners = Listeners::bind(&config.listen)
+            .await
+            .map_err(AppError::Bind)?;
+        Ok::<_, AppError>((listeners, app::build_source(&config).await?))
+    }
+    .await;
+    let (listeners, source) = match (started, &lambda) {
+        (Ok(s), _) => s,
+        (Err(e), Some(api)) => {
+            sidekey::lambda::report_startup_failure(api, &e).await;
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let reloads = tx.clone();
     tokio::spawn(async move {
@@ -175,15 +214,13 @@ async fn run(config: Config, load: LoadOptions) -> Result<(), AppError> {
             let _ = tx.send(Control::Shutdown).await;
         }
     });
-    app::run(
-        Setup {
-            config,
-            load,
-            source,
-        },
-        listeners,
-        rx,
-        Some(reloads),
-    )
-    .await
+    let setup = Setup {
+        config,
+        load,
+        source,
+    };
+    match lambda {
+        Some(api) => sidekey::lambda::run(setup, listeners, rx, &api).await,
+        None => app::run(setup, listeners, rx, Some(reloads)).await,
+    }
 }

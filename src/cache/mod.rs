@@ -111,6 +111,7 @@ enum Command {
         targets: Vec<Target>,
         reply: oneshot::Sender<PrefetchReport>,
     },
+    RefreshDue,
 }
 
 // === Cache ===
@@ -170,6 +171,15 @@ impl Cache {
         let cmd = Command::Configure { targets, reply };
         self.tx.send(cmd).await.map_err(|_| CacheError::Stopped)?;
         rx.await.map_err(|_| CacheError::Stopped)
+    }
+
+    /// Wakes the scheduler to refresh everything past its deadline now. Lambda calls this on
+    /// each INVOKE: timers do not run while the environment is frozen between invokes.
+    pub async fn refresh_due(&self) -> Result<(), CacheError> {
+        self.tx
+            .send(Command::RefreshDue)
+            .await
+            .map_err(|_| CacheError::Stopped)
     }
 
     fn hit(&self, entry: Arc<Entry>, now: Instant) -> Result<Hit, CacheError> {

@@ -134,6 +134,8 @@ impl Scheduler {
                 self.request(key, force, Some(reply));
             }
             Command::Configure { targets, reply } => self.configure(targets, reply),
+            // The loop re-checks deadlines after every command; nothing else to do.
+            Command::RefreshDue => {}
         }
     }
 

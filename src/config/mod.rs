@@ -59,6 +59,8 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// Logging.
     pub log: LogConfig,
+    /// Lambda extension mode.
+    pub lambda: LambdaConfig,
     /// Compat notices to log once tracing is up (e.g. a clamped PSLE TTL).
     pub warnings: Vec<String>,
     /// The merged raw config, for `check-config`.
@@ -163,6 +165,15 @@ pub enum SourceConfig {
     File(PathBuf),
 }
 
+/// Lambda extension settings.
+#[derive(Clone, Debug)]
+pub struct LambdaConfig {
+    /// Longest prefetch before Register; on expiry register anyway and keep fetching.
+    pub prefetch_timeout: Duration,
+    /// Prefetch during init under SnapStart.
+    pub prefetch_on_snapstart: bool,
+}
+
 /// Logging settings.
 #[derive(Clone, Debug)]
 pub struct LogConfig {
@@ -256,6 +267,7 @@ pub fn restart_required(old: &RawConfig, new: &RawConfig) -> Vec<&'static str> {
     check("aws", old.aws == new.aws);
     check("source", old.source == new.source);
     check("log", old.log == new.log);
+    check("lambda", old.lambda == new.lambda);
     out
 }
 
@@ -263,6 +275,10 @@ pub fn restart_required(old: &RawConfig, new: &RawConfig) -> Vec<&'static str> {
 fn env_layer(env: &BTreeMap<String, String>) -> Layer {
     let mut layer = Layer::new("environment variables SIDEKEY_*");
     for (name, value) in env {
+        // SIDEKEY_CONFIG names the file (a CLI flag's env form), not a key.
+        if name == "SIDEKEY_CONFIG" {
+            continue;
+        }
         if let Some(key) = name.strip_prefix("SIDEKEY_") {
             let path: Vec<String> = key.split("__").map(str::to_lowercase).collect();
             layer.set_path(&path, parse_value(value));

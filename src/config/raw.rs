@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub parameters: Vec<RawParameter>,
     /// Logging.
     pub log: RawLog,
+    /// Lambda extension mode.
+    pub lambda: RawLambda,
 }
 
 /// `[listen]`.
@@ -185,6 +187,16 @@ pub struct RawLog {
     pub file: Option<PathBuf>,
 }
 
+/// `[lambda]`: only read when running as a Lambda extension.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLambda {
+    /// How long prefetch may delay Register (init shares a 10 s budget with the function).
+    pub prefetch_timeout: Dur,
+    /// Prefetch before the snapshot under SnapStart (values would be stored in it).
+    pub prefetch_on_snapstart: bool,
+}
+
 /// A duration written as seconds (`300`) or with a unit (`250ms`, `30s`, `5m`, `2h`, `1d`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dur(pub Duration);
@@ -281,6 +293,15 @@ impl Default for RawSource {
         Self {
             kind: "aws".into(),
             file: None,
+        }
+    }
+}
+
+impl Default for RawLambda {
+    fn default() -> Self {
+        Self {
+            prefetch_timeout: secs(5),
+            prefetch_on_snapstart: false,
         }
     }
 }

@@ -10,8 +10,8 @@ use figment::{Figment, Metadata};
 
 use super::raw::{Dur, RawConfig};
 use super::{
-    ApiConfig, AuthConfig, AwsConfig, Config, ConfigError, ListenConfig, LogConfig, RetryMode,
-    SourceConfig, TokenSource, UnixConfig,
+    ApiConfig, AuthConfig, AwsConfig, Config, ConfigError, LambdaConfig, ListenConfig, LogConfig,
+    RetryMode, SourceConfig, TokenSource, UnixConfig,
 };
 use crate::cache::{Backoff, Settings, Target};
 use crate::refs::{self, RefKind};
@@ -75,6 +75,10 @@ pub(super) fn validate(raw: RawConfig, fig: &Figment) -> Result<Config, ConfigEr
         },
         targets: targets(&raw, &c)?,
         log: log(&raw, &c)?,
+        lambda: LambdaConfig {
+            prefetch_timeout: positive(&c, "lambda.prefetch_timeout", raw.lambda.prefetch_timeout)?,
+            prefetch_on_snapstart: raw.lambda.prefetch_on_snapstart,
+        },
         warnings: Vec::new(),
         raw,
     })

@@ -142,6 +142,23 @@ impl Source for FileSource {
     }
 }
 
+/// A single `AWSCURRENT` version whose id is derived from the content, so an edited value gets
+/// a new version id and revalidation notices the "rotation".
+fn current_version(catalog: &mut Catalog, name: &str, payload: PayloadData) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    match &payload {
+        PayloadData::Text(t) => t.hash(&mut h),
+        PayloadData::Binary(b) => b.hash(&mut h),
+    }
+    let version = SecretVersion {
+        id: format!("{:016x}", h.finish()),
+        payload,
+        stages: vec!["AWSCURRENT".to_owned()],
+    };
+    catalog.insert_secret_version(name, version);
+}
+
 /// Parses file text into a catalog. Errors name the file and, for TOML, the line.
 fn parse(path: &Path, text: &str) -> Result<Catalog, SourceError> {
     let invalid = |msg: String| {
@@ -170,11 +187,9 @@ fn parse(path: &Path, text: &str) -> Result<Catalog, SourceError> {
     let mut catalog = Catalog::default();
     for (name, def) in data.secrets {
         match def {
-            SecretDef::Text(v) => {
-                catalog.put_secret(&name, PayloadData::Text(v));
-            }
+            SecretDef::Text(v) => current_version(&mut catalog, &name, PayloadData::Text(v)),
             SecretDef::Full(f) if f.versions.is_empty() => {
-                catalog.put_secret(&name, payload(&name, f.value, f.binary)?);
+                current_version(&mut catalog, &name, payload(&name, f.value, f.binary)?);
             }
             SecretDef::Full(f) => {
                 if f.value.is_some() || f.binary.is_some() {
@@ -264,7 +279,18 @@ stages = ["AWSCURRENT"]
                 .unwrap()
         );
 
+        let Key::Secret(db) = &keys[0] else {
+            unreachable!()
+        };
+        let Ok(Fetched::Secret(old)) = &got[0] else {
+            panic!("no secret")
+        };
+        assert!(src.secret_unchanged(db, &old.version_id).await.unwrap());
         std::fs::write(&path, "[secrets]\n\"demo/db\" = 'changed!'\n").unwrap();
+        assert!(
+            !src.secret_unchanged(db, &old.version_id).await.unwrap(),
+            "an edit is a new version"
+        );
         let got = src.fetch(&keys[..1]).await;
         assert_eq!(text(&got[0]), "changed!");
     }

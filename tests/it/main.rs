@@ -4,5 +4,6 @@
 mod cli;
 mod e2e_moto;
 mod inprocess;
+mod lambda;
 mod server;
 mod support;

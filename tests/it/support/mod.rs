@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub mod http;
+pub mod lambda;
 
 pub use http::{Resp, get, get_unix, request};
 
