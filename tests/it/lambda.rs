@@ -184,7 +184,7 @@ fn register_refusals_end_the_process_with_the_reason() {
     ] {
         let port = free_port();
         let fake = FakeLambda::start(expected, port, "", others);
-        let ext = start(&fake, port, "", &[]);
+        let ext = start(&fake, port, "", &[("SIDEKEY_LISTEN__TCP", "127.0.0.1:0")]);
         let (code, stderr) = ext.wait_exit(Duration::from_secs(10));
         assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains(reason), "{stderr}");
