@@ -304,6 +304,41 @@ pub async fn get_once(
     }
 }
 
+/// `sidekey health`: asks the running sidekey's `/readyz` (TCP, else the Unix socket) with the
+/// configured token. Returns the HTTP status; no curl needed in minimal images.
+pub fn health(config: &Config, env: &BTreeMap<String, String>) -> Result<u16, AppError> {
+    use secrecy::ExposeSecret;
+    use std::io::{Read, Write};
+    let (header, token) = Auth::resolve(&config.auth, env)?.credentials();
+    let request = format!(
+        "GET /readyz HTTP/1.1\r\nHost: localhost\r\n{header}: {}\r\nConnection: close\r\n\r\n",
+        token.expose_secret()
+    );
+    let timeout = Some(std::time::Duration::from_secs(3));
+    let mut response = Vec::new();
+    let io = |e: std::io::Error| AppError::Bind(e);
+    if let Some(addr) = config.listen.tcp {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+            .map_err(io)?;
+        s.set_read_timeout(timeout).map_err(io)?;
+        s.write_all(request.as_bytes())
+            .and_then(|()| s.read_to_end(&mut response))
+            .map_err(io)?;
+    } else if let Some(unix) = &config.listen.unix {
+        let mut s = std::os::unix::net::UnixStream::connect(&unix.path).map_err(io)?;
+        s.set_read_timeout(timeout).map_err(io)?;
+        s.write_all(request.as_bytes())
+            .and_then(|()| s.read_to_end(&mut response))
+            .map_err(io)?;
+    }
+    let status = String::from_utf8_lossy(&response)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(status)
+}
+
 /// The process environment as a map (the only place that reads it wholesale).
 pub fn process_env() -> BTreeMap<String, String> {
     std::env::vars_os()

@@ -29,6 +29,8 @@ enum Command {
     Run,
     /// Validate the configuration, print it, exit 0 (valid) or 64 (invalid).
     CheckConfig,
+    /// Exit 0 when the running sidekey is ready (for container health checks).
+    Health,
     /// Print one value to stdout and exit.
     Get {
         /// Name, ARN, `sm://ID`, `ssm://NAME`, or `{{resolve:…}}`; `ID:json-key` selects a key.
@@ -105,6 +107,17 @@ fn main() -> ExitCode {
     };
     match command {
         Command::CheckConfig => check_config(&config),
+        Command::Health => match app::health(&config, &opts.env) {
+            Ok(200) => ExitCode::SUCCESS,
+            Ok(status) => {
+                eprintln!("sidekey: not ready (HTTP {status})");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("sidekey: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Get { reference, kind } => block_on(get(config, reference, kind)),
         Command::Run => block_on(run(config, opts, lambda)),
     }

@@ -78,6 +78,17 @@ impl Auth {
         Err(AuthError::NoSource(tried.join(", ")))
     }
 
+    /// The token in effect and the first accepted header, for a local client (`sidekey health`).
+    pub fn credentials(&self) -> (HeaderName, SecretString) {
+        let token = self.token.load();
+        let header = self
+            .headers
+            .first()
+            .cloned()
+            .unwrap_or(HeaderName::from_static("x-aws-parameters-secrets-token"));
+        (header, SecretString::from(token.expose_secret()))
+    }
+
     /// True when any accepted header carries the token.
     pub fn check(&self, headers: &HeaderMap) -> bool {
         let token = self.token.load();

@@ -220,3 +220,30 @@ fn config_changes_reload_prefetch_lists_and_reject_restart_only_sections() {
     let (code, _) = sk.terminate();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn health_subcommand_checks_readiness_over_tcp_or_the_socket() {
+    let (spawn, _values) = Spawn::file(VALUES, "");
+    let sk = spawn.start();
+    let health = |args: &[&str], token: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+            .arg("health")
+            .args(args)
+            .env_clear()
+            .env("AWS_TOKEN", token)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    let addr = sk.addr.to_string();
+    assert_eq!(health(&["--listen", &addr], TOKEN), Some(0));
+    assert_eq!(health(&["--listen", &addr], "wrong"), Some(1));
+    let socket = sk.socket.display().to_string();
+    assert_eq!(
+        health(&["--listen", "", "--unix-socket", &socket], TOKEN),
+        Some(0)
+    );
+    let closed = format!("127.0.0.1:{}", crate::support::free_port());
+    assert_eq!(health(&["--listen", &closed], TOKEN), Some(1));
+}
