@@ -212,3 +212,136 @@ fn failed_init_is_reported_through_init_error() {
     assert_eq!(code, Some(64));
     assert_eq!(fake.errors()[0].1, "Extension.ConfigError");
 }
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn end_to_end_under_the_cargo_lambda_emulator() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo_lambda = root.join(".venv/bin/cargo-lambda");
+    assert!(
+        cargo_lambda.exists(),
+        "run scripts/test: it installs cargo-lambda into .venv"
+    );
+    let m = crate::support::moto();
+    let (sm, _) = crate::support::clients(&m.url);
+    let secret = crate::support::unique("lambda/db");
+    crate::support::block_on(
+        sm.create_secret()
+            .name(&secret)
+            .secret_string("from-moto-via-sidekey")
+            .send(),
+    )
+    .unwrap();
+
+    let api_port = free_port();
+    let emulator = Proc(
+        Command::new(&cargo_lambda)
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "--ignore-changes",
+                "-P",
+                &api_port.to_string(),
+            ])
+            .current_dir(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok()
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sidekey.toml");
+    std::fs::write(&cfg, format!("[[secrets]]\nid = \"{secret}\"\n")).unwrap();
+    let port = free_port();
+    let common = [
+        ("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", port.to_string()),
+        ("AWS_SESSION_TOKEN", TOKEN.to_owned()),
+        ("PATH", std::env::var("PATH").unwrap_or_default()),
+    ];
+    let extension = Proc(
+        Command::new(env!("CARGO_BIN_EXE_sidekey"))
+            .env_clear()
+            .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
+            // The form cargo-lambda prints: a URL with a path prefix.
+            .env(
+                "AWS_LAMBDA_RUNTIME_API",
+                format!("http://[::]:{api_port}/.rt"),
+            )
+            .env("SIDEKEY_CONFIG", &cfg)
+            .env("SIDEKEY_LOG__LEVEL", "debug")
+            .envs([
+                ("AWS_ENDPOINT_URL", m.url.as_str()),
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ("AWS_REGION", "us-east-1"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("sidekey.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let sidekey = ([127, 0, 0, 1], port).into();
+    wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(sidekey).is_ok()
+            && get(
+                sidekey,
+                "/readyz",
+                &[("X-Aws-Parameters-Secrets-Token", TOKEN)],
+            )
+            .status
+                == 200
+    });
+    let function = Proc(
+        Command::new("python3")
+            .arg(root.join("examples/lambda/function.py"))
+            .env_clear()
+            .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
+            .env(
+                "AWS_LAMBDA_RUNTIME_API",
+                format!("http://127.0.0.1:{api_port}/.rt"),
+            )
+            .env("SECRET_ID", &secret)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let invoke = Command::new(&cargo_lambda)
+        .args([
+            "lambda",
+            "invoke",
+            "-P",
+            &api_port.to_string(),
+            "--data-ascii",
+            "{}",
+            "_",
+        ])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&invoke.stdout);
+    assert!(
+        invoke.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&invoke.stderr)
+    );
+    assert!(out.contains("from-moto-via-sidekey"), "{out}");
+    wait_until(Duration::from_secs(5), || {
+        let log = std::fs::read_to_string(dir.path().join("sidekey.log")).unwrap_or_default();
+        log.contains("Registered as a Lambda extension") && log.contains("Fetching a batch")
+    });
+    drop((function, extension, emulator));
+}
