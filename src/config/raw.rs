@@ -44,10 +44,13 @@ pub struct RawListen {
     /// Unix socket path; unset disables it.
     pub unix: Option<PathBuf>,
     /// Unix socket mode, octal string.
+    #[serde(deserialize_with = "text")]
     pub unix_mode: String,
     /// Unix socket owner (name or uid).
+    #[serde(deserialize_with = "opt_text")]
     pub unix_owner: Option<String>,
     /// Unix socket group (name or gid).
+    #[serde(deserialize_with = "opt_text")]
     pub unix_group: Option<String>,
     /// Concurrent client connections (WCP `max_conn`).
     pub max_connections: u32,
@@ -200,6 +203,32 @@ pub struct RawLambda {
 /// A duration written as seconds (`300`) or with a unit (`250ms`, `30s`, `5m`, `2h`, `1d`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dur(pub Duration);
+
+/// A string that may have been written as a number (`SIDEKEY_LISTEN__UNIX_MODE=0660` parses
+/// as one, as does `unix_group = 1000`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Text {
+    S(String),
+    N(u64),
+}
+
+impl Text {
+    fn into_string(self) -> String {
+        match self {
+            Text::S(s) => s,
+            Text::N(n) => n.to_string(),
+        }
+    }
+}
+
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Text::deserialize(d).map(Text::into_string)
+}
+
+fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<Text>::deserialize(d)?.map(Text::into_string))
+}
 
 fn yes() -> bool {
     true

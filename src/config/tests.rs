@@ -348,3 +348,17 @@ fn effective_config_round_trips_and_redacts_endpoint_credentials() {
     let again: RawConfig = toml::from_str(&text).unwrap();
     assert_eq!(again.cache, c.raw.cache);
 }
+
+#[test]
+fn numeric_looking_strings_from_env_are_accepted() {
+    let c = ok(
+        None,
+        &[
+            ("SIDEKEY_LISTEN__UNIX", "/tmp/s.sock"),
+            ("SIDEKEY_LISTEN__UNIX_MODE", "0660"),
+            ("SIDEKEY_LISTEN__UNIX_GROUP", "0"),
+        ],
+    );
+    let unix = c.listen.unix.unwrap();
+    assert_eq!((unix.mode, unix.group), (0o660, Some(0)));
+}

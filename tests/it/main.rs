@@ -3,6 +3,7 @@
 
 mod cli;
 mod e2e_moto;
+mod examples;
 mod inprocess;
 mod lambda;
 mod server;
