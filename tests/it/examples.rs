@@ -17,13 +17,18 @@ fn client_examples_read_a_secret_a_parameter_and_a_path() {
     let sk = spawn.start();
     let url = format!("http://{}", sk.addr);
     let clients = root().join("examples/clients");
-    for (program, script) in [
-        ("sh", "read.sh"),
-        ("python3", "read.py"),
-        ("node", "read.mjs"),
+    let go = root().join(".venv/bin/go").display().to_string();
+    for (program, args, script) in [
+        ("sh", &[][..], "read.sh"),
+        ("python3", &[], "read.py"),
+        ("node", &[], "read.mjs"),
+        (go.as_str(), &["run"], "read.go"),
     ] {
         let out = Command::new(program)
+            .args(args)
             .arg(clients.join(script))
+            // Go's build cache inside target/, so CI needs no home directory.
+            .env("GOCACHE", root().join("target/go-cache"))
             .env("SIDEKEY_URL", &url)
             .env("AWS_TOKEN", TOKEN)
             .output()
