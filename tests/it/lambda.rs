@@ -264,8 +264,6 @@ fn end_to_end_under_the_cargo_lambda_emulator() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("sidekey.toml");
-    std::fs::write(&cfg, format!("[[secrets]]\nid = \"{secret}\"\n")).unwrap();
     let port = free_port();
     let common = [
         ("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", port.to_string()),
@@ -281,7 +279,7 @@ fn end_to_end_under_the_cargo_lambda_emulator() {
                 "AWS_LAMBDA_RUNTIME_API",
                 format!("http://[::]:{api_port}/.rt"),
             )
-            .env("SIDEKEY_CONFIG", &cfg)
+            // No config file at all: configured like the AWS layer, by environment only.
             .env("SIDEKEY_LOG__LEVEL", "debug")
             .envs([
                 ("AWS_ENDPOINT_URL", m.url.as_str()),
