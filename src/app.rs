@@ -35,6 +35,9 @@ pub enum AppError {
     /// A listener could not be bound.
     #[error("cannot listen: {0}")]
     Bind(#[source] std::io::Error),
+    /// Other I/O: the log file, stdout, the health probe.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
     /// The source could not be set up, or a one-shot read failed.
     #[error("{0}")]
     Source(#[from] SourceError),
@@ -316,7 +319,7 @@ pub fn health(config: &Config, env: &BTreeMap<String, String>) -> Result<u16, Ap
     );
     let timeout = Some(std::time::Duration::from_secs(3));
     let mut response = Vec::new();
-    let io = |e: std::io::Error| AppError::Bind(e);
+    let io = AppError::Io;
     if let Some(addr) = config.listen.tcp {
         let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
             .map_err(io)?;

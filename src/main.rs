@@ -199,11 +199,11 @@ async fn get(config: Config, reference: String, kind: Kind) -> Result<(), AppErr
     let mut out = std::io::stdout().lock();
     out.write_all(&bytes)
         .and_then(|()| out.flush())
-        .map_err(AppError::Bind)
+        .map_err(AppError::Io)
 }
 
 async fn run(config: Config, load: LoadOptions, lambda: Option<String>) -> Result<(), AppError> {
-    sidekey::telemetry::init(&config.log).map_err(AppError::Bind)?;
+    sidekey::telemetry::init(&config.log).map_err(AppError::Io)?;
     let started = async {
         let listeners = Listeners::bind(&config.listen)
             .await
