@@ -128,6 +128,7 @@ pub async fn run(
             }
             event = control.recv() => match event {
                 Some(Control::Reload) => app.reload(),
+                Some(Control::RefreshNow) => { let _ = app.cache.refresh_all().await; }
                 Some(Control::Shutdown) | None => break false,
                 Some(Control::Quit) => break true,
             },
@@ -158,18 +159,27 @@ pub(crate) fn start(
     let stop_serving = CancellationToken::new();
     auth.spawn_reloader(background.clone(), &tracker);
     let cache = Cache::start(source, config.cache.clone(), background.clone(), &tracker);
-    if let (Some(file), Some(tx)) = (&load.file, reloads) {
-        // The watch lives as long as the background token: the task holds it.
-        match watch::watch_config(file, tx, background.clone(), &tracker) {
-            Ok(w) => {
-                let stop = background.clone();
-                tracker.spawn(async move {
-                    stop.cancelled().await;
-                    drop(w);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot watch the config file; reload with SIGHUP.")
+    if let Some(tx) = reloads {
+        let mut watches = vec![];
+        if let Some(file) = &load.file {
+            watches.push((file.clone(), Control::Reload));
+        }
+        if let SourceConfig::File(values) = &config.source {
+            watches.push((values.clone(), Control::RefreshNow));
+        }
+        for (file, event) in watches {
+            match watch::watch_file(&file, event, tx.clone(), background.clone(), &tracker) {
+                // The task holds the watch until shutdown.
+                Ok(w) => {
+                    let stop = background.clone();
+                    tracker.spawn(async move {
+                        stop.cancelled().await;
+                        drop(w);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "Cannot watch the file.")
+                }
             }
         }
     }

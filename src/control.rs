@@ -10,6 +10,8 @@ use tokio::sync::mpsc;
 pub enum Control {
     /// Re-read the config and apply what can change at runtime.
     Reload,
+    /// Re-fetch every cached value now (the local file source changed).
+    RefreshNow,
     /// Stop accepting, drain under the grace period, exit 0.
     Shutdown,
     /// Exit now.

@@ -320,7 +320,7 @@ pub async fn run(
                 }
             }
             c = control.recv() => match c {
-                Some(Control::Reload) => {}
+                Some(Control::Reload | Control::RefreshNow) => {}
                 Some(Control::Quit) => break Duration::ZERO,
                 Some(Control::Shutdown) | None => break app.config.listen.grace,
             },

@@ -1,7 +1,7 @@
-//! Config file watcher → debounced [`Control::Reload`]. Watches the parent directory and filters
-//! by file name, because editors and Kubernetes ConfigMaps replace files (new inode) rather
-//! than write them in place. The reload path re-reads and validates the file anyway, so a
-//! spurious event costs one parse.
+//! File watchers → debounced [`Control`] events: the config file sends `Reload`, the local file
+//! source's values file sends `RefreshNow`. Watches the parent directory and filters by file
+//! name, because editors and Kubernetes ConfigMaps replace files (new inode) rather than write
+//! them in place. Both paths re-read the file anyway, so a spurious event costs one parse.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,17 +17,18 @@ use crate::control::Control;
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// Keeps the OS watch alive; dropping it stops watching.
-pub struct ConfigWatch {
+pub struct FileWatch {
     _watcher: notify::RecommendedWatcher,
 }
 
-/// Watches `file` and sends `Control::Reload` to `tx` after each burst of changes.
-pub fn watch_config(
+/// Watches `file` and sends `event` to `tx` after each burst of changes.
+pub fn watch_file(
     file: &Path,
+    event: Control,
     tx: mpsc::Sender<Control>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
-) -> notify::Result<ConfigWatch> {
+) -> notify::Result<FileWatch> {
     let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
     let dir = file
         .parent()
@@ -56,13 +57,13 @@ pub fn watch_config(
                     _ = raw_rx.recv() => {}
                 }
             }
-            tracing::info!("Config file changed.");
-            if tx.send(Control::Reload).await.is_err() {
+            tracing::info!(file = %file.display(), "File changed.");
+            if tx.send(event).await.is_err() {
                 return;
             }
         }
     });
-    Ok(ConfigWatch { _watcher: watcher })
+    Ok(FileWatch { _watcher: watcher })
 }
 
 #[cfg(test)]
@@ -76,7 +77,7 @@ mod tests {
         std::fs::write(&file, "a").unwrap();
         let (tx, mut rx) = mpsc::channel(8);
         let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
-        let _w = watch_config(&file, tx, stop.clone(), &tracker).unwrap();
+        let _w = watch_file(&file, Control::Reload, tx, stop.clone(), &tracker).unwrap();
         for i in 0..5 {
             std::fs::write(&file, format!("b{i}")).unwrap();
         }

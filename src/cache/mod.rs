@@ -112,6 +112,7 @@ enum Command {
         reply: oneshot::Sender<PrefetchReport>,
     },
     RefreshDue,
+    RefreshAll,
 }
 
 // === Cache ===
@@ -178,6 +179,15 @@ impl Cache {
     pub async fn refresh_due(&self) -> Result<(), CacheError> {
         self.tx
             .send(Command::RefreshDue)
+            .await
+            .map_err(|_| CacheError::Stopped)
+    }
+
+    /// Re-fetches every cached and scheduled key now, in one batch (the values changed at the
+    /// source, e.g. the local file was edited).
+    pub async fn refresh_all(&self) -> Result<(), CacheError> {
+        self.tx
+            .send(Command::RefreshAll)
             .await
             .map_err(|_| CacheError::Stopped)
     }

@@ -136,6 +136,23 @@ impl Scheduler {
             Command::Configure { targets, reply } => self.configure(targets, reply),
             // The loop re-checks deadlines after every command; nothing else to do.
             Command::RefreshDue => {}
+            Command::RefreshAll => {
+                let cached = self.store.snapshot();
+                let children: HashSet<Arc<Key>> = cached
+                    .iter()
+                    .filter(|(_, e)| matches!(e.origin, Origin::Path(_)))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let keys: HashSet<Arc<Key>> = cached
+                    .keys()
+                    .filter(|k| !children.contains(*k))
+                    .chain(self.scheduled.keys())
+                    .cloned()
+                    .collect();
+                for key in keys {
+                    self.request(key, true, None);
+                }
+            }
         }
     }
 

@@ -367,3 +367,31 @@ async fn reads_during_an_outage_without_a_cached_value_do_not_hammer_the_backend
     );
     assert_eq!(h.text(&secret("db")).await.unwrap().0, "v1");
 }
+
+#[tokio::test(start_paused = true)]
+async fn refresh_all_refetches_scheduled_and_on_demand_keys_in_one_batch() {
+    let h = Harness::new(settings());
+    h.fake.put_secret("a", "1");
+    h.fake.put_parameter("/p/x", "1");
+    let path = Key::Path(PathKey {
+        path: "/p".into(),
+        recursive: false,
+        decrypt: true,
+    });
+    h.cache
+        .configure(vec![target(secret("a")), target(path)])
+        .await
+        .unwrap();
+    h.fake.put_secret("b", "1");
+    h.text(&secret("b")).await.unwrap();
+    h.fake.put_secret("a", "2");
+    h.fake.put_secret("b", "2");
+    h.fake.put_parameter("/p/x", "2");
+    let before = h.calls().fetches;
+    h.cache.refresh_all().await.unwrap();
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(h.calls().fetches, before + 1, "one batch");
+    assert_eq!(h.text(&secret("a")).await.unwrap().0, "2");
+    assert_eq!(h.text(&secret("b")).await.unwrap().0, "2");
+    assert_eq!(h.text(&param("/p/x")).await.unwrap().0, "2");
+}

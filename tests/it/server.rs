@@ -247,3 +247,31 @@ fn health_subcommand_checks_readiness_over_tcp_or_the_socket() {
     let closed = format!("127.0.0.1:{}", crate::support::free_port());
     assert_eq!(health(&["--listen", &closed], TOKEN), Some(1));
 }
+
+#[test]
+fn editing_the_local_values_file_updates_values_at_once() {
+    let (spawn, values) = Spawn::file(
+        VALUES,
+        "[cache]\nrefresh_interval = \"1h\"\n[[secrets]]\nid = \"app/db\"\n",
+    );
+    let sk = spawn.start();
+    let uri = "/secret?id=app/db:password&raw=true";
+    assert_eq!(sk.get(uri).body, "Pa55-w0rd-XYZZY");
+    assert_eq!(
+        sk.get("/secret?id=app/key&raw=true").body,
+        "api-key-PLUGH-42"
+    );
+    let file = values.path().join("values.toml");
+    let edited = VALUES
+        .replace("Pa55-w0rd-XYZZY", "edited-pw")
+        .replace("api-key-PLUGH-42", "edited-key");
+    std::fs::write(&file, edited).unwrap();
+    crate::support::wait_until(std::time::Duration::from_secs(10), || {
+        sk.get(uri).body == "edited-pw"
+    });
+    assert_eq!(
+        sk.get("/secret?id=app/key&raw=true").body,
+        "edited-key",
+        "on-demand entries too"
+    );
+}
