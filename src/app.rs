@@ -184,7 +184,13 @@ pub(crate) fn start(
         }
     }
     let ready = Arc::new(AtomicBool::new(false));
-    let api = Arc::new(Api::new(cache.clone(), auth, &config.api, ready.clone()));
+    let api = Arc::new(Api::new(
+        cache.clone(),
+        auth,
+        &config.api,
+        ready.clone(),
+        stop_serving.clone(),
+    ));
     for line in listeners.describe() {
         println!("{line}");
     }

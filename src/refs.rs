@@ -16,6 +16,8 @@ pub enum RefKind {
     Parameter,
     /// Bare names are ambiguous; the REF must say (ARN, `{{resolve:…}}`, `sm://`, `ssm://`).
     Any,
+    /// Bare names starting with `/` are parameters, others secrets (for lists of mixed REFs).
+    Infer,
 }
 
 /// A parsed reference.
@@ -114,6 +116,10 @@ pub fn parse(input: &str, kind: RefKind, decrypt: bool) -> Result<Ref, RefError>
             param_ref(input, decrypt).ok_or_else(|| bad("bad parameter reference"))
         }
         RefKind::Any => Err(RefError::Ambiguous(input.to_owned())),
+        RefKind::Infer if input.starts_with('/') => {
+            param_ref(input, decrypt).ok_or_else(|| bad("bad parameter reference"))
+        }
+        RefKind::Infer => secret_ref(input).ok_or_else(|| bad("bad secret reference")),
     }
 }
 

@@ -4,14 +4,18 @@
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use crate::source::{ParameterValue, Payload, SecretValue};
 
+/// A response body: a full buffer, or a stream (the change stream's server-sent events).
+pub type Body = BoxBody<Bytes, std::convert::Infallible>;
+
 /// The response type of every route.
-pub type Resp = Response<Full<Bytes>>;
+pub type Resp = Response<Body>;
 
 /// An empty JSON object, PSLE's `ResultMetadata`.
 #[derive(Serialize)]
@@ -179,7 +183,7 @@ pub fn text(status: StatusCode, body: &str) -> Resp {
 
 /// A response with the given content type. Secrets must never be cached by intermediaries.
 pub fn build(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(Full::new(body).boxed());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

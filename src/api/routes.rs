@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::auth::Auth;
 use super::dto::{self, AwsError, NativeError, ParameterEnvelope, Resp, SecretDto};
@@ -29,6 +30,7 @@ pub struct Api {
     prefix: String,
     strict: bool,
     ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
 }
 
 /// Which error dialect a path speaks.
@@ -50,14 +52,22 @@ type Pairs = Vec<(String, String)>;
 // === Api ===
 
 impl Api {
-    /// An API over `cache`, guarded by `auth`; `/readyz` reports `ready`.
-    pub fn new(cache: Cache, auth: Arc<Auth>, cfg: &ApiConfig, ready: Arc<AtomicBool>) -> Self {
+    /// An API over `cache`, guarded by `auth`; `/readyz` reports `ready`. Long polls and
+    /// event streams end when `shutdown` is cancelled, so they never hold up a drain.
+    pub fn new(
+        cache: Cache,
+        auth: Arc<Auth>,
+        cfg: &ApiConfig,
+        ready: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             cache,
             auth,
             prefix: cfg.path_prefix.clone(),
             strict: cfg.strict_query,
             ready,
+            shutdown,
         }
     }
 
@@ -67,7 +77,7 @@ impl Api {
         tracing::trace!(method = %req.method(), path, "Request.");
         let family = if matches!(
             path,
-            "/secret" | "/parameter" | "/parameters" | "/readyz" | "/healthz"
+            "/secret" | "/parameter" | "/parameters" | "/watch" | "/readyz" | "/healthz"
         ) {
             Family::Native
         } else {
@@ -118,6 +128,7 @@ impl Api {
             "/secret" => self.native_secret(query).await,
             "/parameter" => self.native_parameter(query).await,
             "/parameters" => self.native_path(query).await,
+            "/watch" => self.watch(req, query).await,
             "/readyz" if self.ready.load(Ordering::Acquire) => {
                 Ok(status_body(StatusCode::OK, "ready"))
             }
@@ -392,3 +403,4 @@ impl Reject {
 mod native;
 #[cfg(test)]
 mod tests;
+mod watch;

@@ -41,6 +41,10 @@ pub(super) struct Scheduler {
     pending: Vec<(Arc<Key>, bool)>,
     prefetches: Vec<PrefetchWait>,
     negative: HashMap<Arc<Key>, Negative>,
+    /// The generation results of the current batch are stamped with, if they change a value.
+    next_generation: u64,
+    /// Whether the current batch changed anything (then `next_generation` is published).
+    bumped: bool,
     tasks: JoinSet<Done>,
     batches: HashMap<Id, Vec<Arc<Key>>>,
 }
@@ -93,6 +97,8 @@ impl Scheduler {
             pending: Vec::new(),
             prefetches: Vec::new(),
             negative: HashMap::new(),
+            next_generation: 0,
+            bumped: false,
             tasks: JoinSet::new(),
             batches: HashMap::new(),
         }
@@ -278,6 +284,8 @@ impl Scheduler {
 
     fn on_done(&mut self, done: Done) {
         let now = Instant::now();
+        self.next_generation = self.store.generation() + 1;
+        self.bumped = false;
         let mut map = (*self.store.snapshot()).clone();
         let mut replies = Vec::with_capacity(done.keys.len());
         for (key, outcome) in done.keys.into_iter().zip(done.outcomes) {
@@ -288,6 +296,9 @@ impl Scheduler {
         }
         self.evict(&mut map);
         self.store.replace(map);
+        if self.bumped {
+            self.store.publish(self.next_generation);
+        }
         // Forget failures once even the longest backoff has passed (keeps the map bounded).
         let horizon = self.settings.backoff.max;
         self.negative.retain(|_, n| n.until + horizon > now);
@@ -312,8 +323,9 @@ impl Scheduler {
             (Some(e), false) => e.origin.clone(),
             (None, false) => Origin::OnDemand,
         };
+        let ttl = self.settings.ttl(key);
         let expires = |origin: &Origin| match origin {
-            Origin::OnDemand => Some(now + self.settings.ttl(key)),
+            Origin::OnDemand => Some(now + ttl),
             _ => None,
         };
         let value = match outcome {
@@ -333,18 +345,20 @@ impl Scheduler {
             },
             Outcome::Failed(error) => return Err(self.fail(map, key, old, error, now)),
         };
-        if old
-            .as_ref()
-            .is_some_and(|o| o.value.version() != value.version())
-        {
-            tracing::info!(key = %key, "Value changed.");
-        }
+        let changed = match &old {
+            Some(o) if o.value.version() == value.version() => o.changed,
+            Some(_) => {
+                tracing::info!(key = %key, "Value changed.");
+                self.bump()
+            }
+            None => self.bump(),
+        };
         let entry = Entry::new(value, origin.clone(), now, expires(&origin), None);
-        let entry = Arc::new(entry.stamped(self.store.tick()));
+        let entry = Arc::new(entry.stamped(self.store.tick()).changed_in(changed));
         if let (Key::Path(pk), Fetched::Path(children)) = (&**key, &entry.value)
             && origin == Origin::Prefetch
         {
-            set_children(map, pk, children, now);
+            set_children(map, pk, children, now, changed);
         }
         if origin != Origin::OnDemand || self.settings.max_entries > 0 {
             map.insert(key.clone(), entry.clone());
@@ -367,6 +381,9 @@ impl Scheduler {
             tracing::debug!(key = %key, code = %error.code, "Not found.");
         }
         let Some(old) = old.filter(|_| error.kind.serves_stale()) else {
+            if map.contains_key(key) {
+                self.bump();
+            }
             remove_with_children(map, key);
             if error.kind.retryable() {
                 let count = self.negative.get(key).map_or(1, |n| n.count + 1);
@@ -401,7 +418,7 @@ impl Scheduler {
                 expires,
                 failure,
             );
-            Arc::new(entry.stamped(e.last_used()))
+            Arc::new(entry.stamped(e.last_used()).changed_in(e.changed))
         };
         if let Key::Path(pk) = &**key {
             let origin = Origin::Path(Arc::new(pk.clone()));
@@ -411,6 +428,12 @@ impl Scheduler {
         }
         map.insert(key.clone(), stale(&old));
         error
+    }
+
+    /// Marks the current batch as changing something; returns its generation.
+    fn bump(&mut self) -> u64 {
+        self.bumped = true;
+        self.next_generation
     }
 
     fn reschedule(&mut self, key: &Arc<Key>, error: Option<&SourceError>, now: Instant) {
@@ -521,11 +544,13 @@ async fn fetch_batch(source: SharedSource, jobs: Vec<(Arc<Key>, Option<String>)>
 }
 
 /// Inserts a scheduled path's parameters as their own entries and drops those that vanished.
+/// A child keeps its generation unless its own version moved; then it takes the path's.
 fn set_children(
     map: &mut Map,
     pk: &crate::source::PathKey,
     children: &[Arc<crate::source::ParameterValue>],
     now: Instant,
+    generation: u64,
 ) {
     let origin = Origin::Path(Arc::new(pk.clone()));
     let mut seen = HashSet::new();
@@ -539,11 +564,13 @@ fn set_children(
             continue;
         }
         seen.insert(key.clone());
+        let changed = match map.get(&key).map(|e| &e.value) {
+            Some(Fetched::Parameter(p)) if p.version == child.version => map[&key].changed,
+            _ => generation,
+        };
         let value = Fetched::Parameter(child.clone());
-        map.insert(
-            key,
-            Arc::new(Entry::new(value, origin.clone(), now, None, None)),
-        );
+        let entry = Entry::new(value, origin.clone(), now, None, None).changed_in(changed);
+        map.insert(key, Arc::new(entry));
     }
     map.retain(|k, e| e.origin != origin || seen.contains(k));
 }

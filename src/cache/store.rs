@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::source::{Fetched, Key, PathKey, SourceError};
@@ -22,6 +23,8 @@ pub type Map = HashMap<Arc<Key>, Arc<Entry>>;
 pub struct Store {
     map: ArcSwap<Map>,
     clock: AtomicU64,
+    /// Bumped (and broadcast) whenever some value's version changes or a value disappears.
+    generation: watch::Sender<u64>,
 }
 
 /// One cached value and its freshness bookkeeping. Immutable except the LRU stamp.
@@ -37,6 +40,8 @@ pub struct Entry {
     pub expires_at: Option<Instant>,
     /// The refresh failure that made this value stale, if any.
     pub failure: Option<Failure>,
+    /// The store generation in which this version of the value appeared.
+    pub changed: u64,
     last_used: AtomicU64,
 }
 
@@ -69,6 +74,7 @@ impl Default for Store {
         Self {
             map: ArcSwap::from_pointee(Map::new()),
             clock: AtomicU64::new(0),
+            generation: watch::Sender::new(0),
         }
     }
 }
@@ -95,6 +101,21 @@ impl Store {
     pub(crate) fn replace(&self, map: Map) {
         self.map.store(Arc::new(map));
     }
+
+    /// The current change generation (a cursor for change streams).
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Wakes on every new generation.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Announces generation `gen` after the map that carries it was swapped in.
+    pub(crate) fn publish(&self, generation: u64) {
+        self.generation.send_replace(generation);
+    }
 }
 
 // === Entry ===
@@ -114,8 +135,15 @@ impl Entry {
             fetched_at,
             expires_at,
             failure,
+            changed: 0,
             last_used: AtomicU64::new(0),
         }
+    }
+
+    /// Sets the generation this version appeared in.
+    pub(crate) fn changed_in(mut self, generation: u64) -> Self {
+        self.changed = generation;
+        self
     }
 
     /// Sets the LRU stamp.

@@ -339,6 +339,17 @@ fn rotation_is_picked_up_by_refresh_and_refresh_now() {
     let (sm, ssm) = clients(&m.url);
     let uri = format!("/secret?id={}:password&raw=true", s.db);
     assert_eq!(sk.get(&uri).body, "p2");
+    // An app long-polls the change stream instead of polling values.
+    let watch = sk.get(&format!("/watch?ids={}", s.db)).json();
+    let cursor = watch["cursor"].as_str().unwrap().to_owned();
+    let (addr, watch_uri) = (
+        sk.addr,
+        format!("/watch?ids={}&since={cursor}&timeout=20s", s.db),
+    );
+    let watcher = std::thread::spawn(move || {
+        let token = [("X-Aws-Parameters-Secrets-Token", crate::support::TOKEN)];
+        crate::support::get(addr, &watch_uri, &token)
+    });
     block_on(
         sm.put_secret_value()
             .secret_id(&s.db)
@@ -346,7 +357,9 @@ fn rotation_is_picked_up_by_refresh_and_refresh_now() {
             .send(),
     )
     .unwrap();
-    wait_until(Duration::from_secs(15), || sk.get(&uri).body == "p3");
+    let woke = watcher.join().unwrap().json();
+    assert_eq!(woke["changed"], serde_json::json!([s.db]), "{woke}");
+    assert_eq!(sk.get(&uri).body, "p3");
     // A new parameter under a prefetched path appears after the next walk.
     let added = format!("{}/tree/added", s.p);
     block_on(

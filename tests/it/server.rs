@@ -275,3 +275,57 @@ fn editing_the_local_values_file_updates_values_at_once() {
         "on-demand entries too"
     );
 }
+
+#[test]
+fn change_stream_sends_an_event_per_rotation() {
+    use std::io::{BufRead, BufReader, Write};
+    let (spawn, values) = Spawn::file(
+        VALUES,
+        "[cache]\nrefresh_interval = \"1h\"\n[[secrets]]\nid = \"app/db\"\n",
+    );
+    let sk = spawn.start();
+    let mut stream = std::net::TcpStream::connect(sk.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /watch?ids=app/db,/app/url HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nX-Aws-Parameters-Secrets-Token: {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut next_event = || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended");
+            if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                return serde_json::from_str::<serde_json::Value>(data).unwrap();
+            }
+        }
+    };
+    let first = next_event();
+    let version = first["items"]["app/db"]["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(first["items"]["/app/url"]["version"], "1");
+    assert!(
+        !first.to_string().contains("Pa55"),
+        "versions, never values"
+    );
+    std::fs::write(
+        values.path().join("values.toml"),
+        VALUES.replace("Pa55-w0rd-XYZZY", "rotated"),
+    )
+    .unwrap();
+    let second = next_event();
+    assert_eq!(second["changed"], serde_json::json!(["app/db"]));
+    assert_ne!(
+        second["items"]["app/db"]["version"].as_str().unwrap(),
+        version
+    );
+    // Shutdown ends the stream instead of waiting out the grace period.
+    let (code, _) = sk.terminate();
+    assert_eq!(code, Some(0));
+}

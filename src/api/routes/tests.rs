@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use std::time::Duration;
+
 use http::Request;
 use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +55,13 @@ fn setup(strict: bool) -> T {
         path_prefix: "/v1/".into(),
         strict_query: strict,
     };
-    let api = Api::new(cache, auth, &cfg, Arc::new(AtomicBool::new(true)));
+    let api = Api::new(
+        cache,
+        auth,
+        &cfg,
+        Arc::new(AtomicBool::new(true)),
+        stop.clone(),
+    );
     T { api, fake, stop }
 }
 
@@ -377,5 +385,51 @@ async fn stale_values_are_marked_and_errors_never_echo_values() {
             !b.contains("hunter2") && !b.contains("v2\"") && !b.contains("https://x"),
             "{uri}: {b}"
         );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn watch_answers_versions_then_long_polls_for_changes() {
+    let t = setup(false);
+    let (s, b) = t.get("/watch?ids=db,/app/url&id=missing").await;
+    assert_eq!(s, 200, "{b}");
+    let v = json(&b);
+    assert_eq!(v["items"]["db"]["version"], "db-v2");
+    assert_eq!(v["items"]["/app/url"]["version"], "1");
+    assert_eq!(v["items"]["missing"]["error"], "not_found");
+    assert!(
+        !b.contains("admin") && !b.contains("https://x"),
+        "never values: {b}"
+    );
+    let cursor = v["cursor"].as_str().unwrap().to_owned();
+
+    let (_, b) = t
+        .get(&format!("/watch?ids=db&since={cursor}&timeout=0s"))
+        .await;
+    assert_eq!(json(&b)["changed"], serde_json::json!([]), "nothing moved");
+
+    let poll_uri = format!("/watch?ids=db,/app/url&since={cursor}&timeout=60s");
+    let poll = t.get(&poll_uri);
+    let rotate = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        t.fake.put_secret("db", "{\"password\":\"v3\"}");
+        t.get("/secret?id=db&refreshNow=true").await
+    };
+    let ((s, b), _) = tokio::join!(poll, rotate);
+    assert_eq!(s, 200);
+    let v = json(&b);
+    assert_eq!(v["changed"], serde_json::json!(["db"]));
+    assert_eq!(v["items"]["db"]["version"], "db-v3");
+    assert_ne!(v["cursor"], cursor.as_str());
+
+    for (uri, code) in [
+        ("/watch", "missing_parameter"),
+        ("/watch?ids=db&since=x", "invalid_parameter"),
+        ("/watch?ids=db&timeout=1h", "invalid_parameter"),
+        ("/watch?ids=db&x=1", "unknown_parameter"),
+        ("/watch?ids=a%20b", "invalid_reference"),
+    ] {
+        let (s, b) = t.get(uri).await;
+        assert_eq!((s, json(&b)["code"].as_str()), (400, Some(code)), "{uri}");
     }
 }
