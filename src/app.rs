@@ -18,6 +18,7 @@ use crate::cache::{Cache, CacheError, PrefetchReport};
 use crate::config::{self, Config, ConfigError, LoadOptions, SourceConfig};
 use crate::control::Control;
 use crate::refs::{self, RefKind};
+use crate::render::{RenderError, Renderer};
 use crate::source::aws::AwsSource;
 use crate::source::file::FileSource;
 use crate::source::{Fetched, Payload, SharedSource, SourceError};
@@ -47,6 +48,9 @@ pub enum AppError {
     /// The Lambda Extensions API failed or refused us.
     #[error(transparent)]
     Lambda(#[from] crate::lambda::LambdaError),
+    /// A template could not be rendered (`render --once`).
+    #[error(transparent)]
+    Render(#[from] RenderError),
     /// A `get` REF was malformed or its selection failed.
     #[error("{0}")]
     Ref(String),
@@ -90,6 +94,9 @@ pub async fn build_source(config: &Config) -> Result<SharedSource, AppError> {
         }
     }
 }
+
+/// Retry delay for templates that failed to render before readiness.
+const TEMPLATE_RETRY: Duration = Duration::from_secs(5);
 
 /// The running core shared by every mode: cache, API server and background tasks.
 pub(crate) struct Running {
@@ -224,13 +231,52 @@ impl Running {
         if !report.failed.is_empty() && self.config.abort_on_prefetch_error {
             return Err(AppError::Prefetch(report.failed.len()));
         }
-        self.ready.store(true, Ordering::Release);
         tracing::info!(
             ok = report.ok,
             failed = report.failed.len(),
-            "Prefetch finished; ready."
+            "Prefetch finished."
         );
+        self.start_templates();
         Ok(())
+    }
+
+    /// Ready once every template rendered (retrying every few seconds until they do); the
+    /// renderer then follows every change. Without templates: ready now.
+    fn start_templates(&self) {
+        if self.config.templates.is_empty() {
+            self.ready.store(true, Ordering::Release);
+            tracing::info!("Ready.");
+            return;
+        }
+        let renderer = self.renderer();
+        let (ready, stop) = (self.ready.clone(), self.background.clone());
+        self.tracker.spawn(async move {
+            loop {
+                match renderer.render_all().await {
+                    Ok(n) => {
+                        tracing::info!(written = n, "Templates rendered; ready.");
+                        break;
+                    }
+                    Err(e) => tracing::error!(error = %e, "Rendering templates failed; not ready, retrying."),
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(TEMPLATE_RETRY) => {}
+                }
+            }
+            ready.store(true, Ordering::Release);
+            renderer.watch(stop).await;
+        });
+    }
+
+    fn renderer(&self) -> Renderer {
+        let interval = self.config.raw.cache.refresh_interval.0;
+        Renderer::new(
+            self.config.templates.clone(),
+            self.cache.clone(),
+            self.load.env.clone(),
+            interval,
+        )
     }
 
     /// Stops accepting, drains (unless `quit`) within `listen.grace`, then stops background work.
@@ -287,6 +333,26 @@ fn reload(current: &mut Config, load: &LoadOptions, cache: &Cache, tracker: &Tas
         }
     });
     *current = next;
+}
+
+/// `sidekey render --once`: renders every template (fetching what they reference) and returns;
+/// for init containers. No listener is opened.
+pub async fn render_once(
+    config: &Config,
+    env: &BTreeMap<String, String>,
+) -> Result<usize, AppError> {
+    let source = build_source(config).await?;
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let cache = Cache::start(source, config.cache.clone(), stop.clone(), &tracker);
+    let interval = config.raw.cache.refresh_interval.0;
+    let result = Renderer::new(config.templates.clone(), cache, env.clone(), interval)
+        .render_all()
+        .await;
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    Ok(result?)
 }
 
 /// `sidekey get`: reads one REF straight from the source and returns the bytes to print.

@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod lambda;
 pub mod refs;
+pub mod render;
 pub mod source;
 pub mod telemetry;
 pub mod watch;

@@ -31,6 +31,12 @@ enum Command {
     CheckConfig,
     /// Exit 0 when the running sidekey is ready (for container health checks).
     Health,
+    /// Render every template and exit (init containers); non-zero on any failure.
+    Render {
+        /// Render once and exit (the only mode; `run` keeps templates current).
+        #[arg(long, required = true)]
+        once: bool,
+    },
     /// Print one value to stdout and exit.
     Get {
         /// Name, ARN, `sm://ID`, `ssm://NAME`, or `{{resolve:…}}`; `ID:json-key` selects a key.
@@ -119,6 +125,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Get { reference, kind } => block_on(get(config, reference, kind)),
+        Command::Render { .. } => block_on(async {
+            sidekey::telemetry::init(&config.log).map_err(AppError::Io)?;
+            let n = app::render_once(&config, &opts.env).await?;
+            tracing::info!(written = n, "Templates rendered.");
+            Ok(())
+        }),
         Command::Run => block_on(run(config, opts, lambda)),
     }
 }

@@ -111,6 +111,10 @@ enum Command {
         targets: Vec<Target>,
         reply: oneshot::Sender<PrefetchReport>,
     },
+    Pin {
+        targets: Vec<Target>,
+        reply: oneshot::Sender<PrefetchReport>,
+    },
     RefreshDue,
     RefreshAll,
 }
@@ -170,6 +174,15 @@ impl Cache {
     pub async fn configure(&self, targets: Vec<Target>) -> Result<PrefetchReport, CacheError> {
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Configure { targets, reply };
+        self.tx.send(cmd).await.map_err(|_| CacheError::Stopped)?;
+        rx.await.map_err(|_| CacheError::Stopped)
+    }
+
+    /// Adds targets that later `configure` calls keep (keys templates reference); waits until
+    /// the new ones were fetched once.
+    pub async fn pin(&self, targets: Vec<Target>) -> Result<PrefetchReport, CacheError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Pin { targets, reply };
         self.tx.send(cmd).await.map_err(|_| CacheError::Stopped)?;
         rx.await.map_err(|_| CacheError::Stopped)
     }

@@ -41,6 +41,8 @@ pub(super) struct Scheduler {
     pending: Vec<(Arc<Key>, bool)>,
     prefetches: Vec<PrefetchWait>,
     negative: HashMap<Arc<Key>, Negative>,
+    /// Keys added by `pin`, kept across `configure`.
+    pinned: HashSet<Arc<Key>>,
     /// The generation results of the current batch are stamped with, if they change a value.
     next_generation: u64,
     /// Whether the current batch changed anything (then `next_generation` is published).
@@ -97,6 +99,7 @@ impl Scheduler {
             pending: Vec::new(),
             prefetches: Vec::new(),
             negative: HashMap::new(),
+            pinned: HashSet::new(),
             next_generation: 0,
             bumped: false,
             tasks: JoinSet::new(),
@@ -140,6 +143,7 @@ impl Scheduler {
                 self.request(key, force, Some(reply));
             }
             Command::Configure { targets, reply } => self.configure(targets, reply),
+            Command::Pin { targets, reply } => self.pin(targets, reply),
             // The loop re-checks deadlines after every command; nothing else to do.
             Command::RefreshDue => {}
             Command::RefreshAll => {
@@ -183,6 +187,7 @@ impl Scheduler {
         }
     }
 
+    /// Replaces the configured targets (pinned ones stay) and schedules the new ones.
     fn configure(&mut self, targets: Vec<Target>, reply: oneshot::Sender<PrefetchReport>) {
         let wanted: HashMap<Arc<Key>, Duration> = targets
             .into_iter()
@@ -191,7 +196,7 @@ impl Scheduler {
         let dropped: Vec<Arc<Key>> = self
             .scheduled
             .keys()
-            .filter(|k| !wanted.contains_key(*k))
+            .filter(|k| !wanted.contains_key(*k) && !self.pinned.contains(*k))
             .cloned()
             .collect();
         if !dropped.is_empty() {
@@ -204,6 +209,26 @@ impl Scheduler {
             }
             self.store.replace(map);
         }
+        self.schedule(wanted, reply);
+    }
+
+    /// Adds targets that no reconfiguration drops (keys templates reference).
+    fn pin(&mut self, targets: Vec<Target>, reply: oneshot::Sender<PrefetchReport>) {
+        let wanted: HashMap<Arc<Key>, Duration> = targets
+            .into_iter()
+            .map(|t| (Arc::new(t.key), t.interval))
+            .collect();
+        self.pinned.extend(wanted.keys().cloned());
+        self.schedule(wanted, reply);
+    }
+
+    /// Schedules keys not yet scheduled (fetching them now) and answers `reply` once all of
+    /// them settled; keys already scheduled only take the new interval.
+    fn schedule(
+        &mut self,
+        wanted: HashMap<Arc<Key>, Duration>,
+        reply: oneshot::Sender<PrefetchReport>,
+    ) {
         let now = Instant::now();
         let mut remaining = HashSet::new();
         for (key, interval) in wanted {

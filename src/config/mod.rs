@@ -61,6 +61,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Lambda extension mode.
     pub lambda: LambdaConfig,
+    /// Rendered files.
+    pub templates: Vec<crate::render::TemplateSpec>,
     /// Compat notices to log once tracing is up (e.g. a clamped PSLE TTL).
     pub warnings: Vec<String>,
     /// The merged raw config, for `check-config`.
@@ -268,6 +270,7 @@ pub fn restart_required(old: &RawConfig, new: &RawConfig) -> Vec<&'static str> {
     check("source", old.source == new.source);
     check("log", old.log == new.log);
     check("lambda", old.lambda == new.lambda);
+    check("templates", old.templates == new.templates);
     out
 }
 

@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// Lambda extension mode.
     pub lambda: RawLambda,
+    /// Files rendered from templates.
+    pub templates: Vec<RawTemplate>,
 }
 
 /// `[listen]`.
@@ -188,6 +190,73 @@ pub struct RawLog {
     pub format: String,
     /// Append logs to this file instead of stderr.
     pub file: Option<PathBuf>,
+}
+
+/// `[[templates]]`: one rendered file.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplate {
+    /// Template file (re-read on every render).
+    pub source: Option<PathBuf>,
+    /// Inline template text (instead of `source`).
+    pub contents: Option<String>,
+    /// Output file.
+    pub destination: PathBuf,
+    /// `jinja` (minijinja) or `cloudformation` (only `{{resolve:…}}` references).
+    #[serde(default = "jinja")]
+    pub syntax: String,
+    /// Output file mode, octal.
+    #[serde(default = "mode_0600", deserialize_with = "text")]
+    pub mode: String,
+    /// Output owner (name or uid).
+    #[serde(default, deserialize_with = "opt_text")]
+    pub owner: Option<String>,
+    /// Output group (name or gid).
+    #[serde(default, deserialize_with = "opt_text")]
+    pub group: Option<String>,
+    /// Create missing parent directories.
+    #[serde(default = "yes")]
+    pub create_dirs: bool,
+    /// Overwrite in place instead of an atomic rename (bind-mounted single files).
+    #[serde(default)]
+    pub in_place: bool,
+    /// Command (argv, no shell) run after the file changed.
+    pub command: Option<Vec<String>>,
+    /// Kill the command after this long.
+    #[serde(default = "thirty_seconds")]
+    pub command_timeout: Dur,
+    /// Signal (`HUP`, `SIGUSR1`, or a number) sent after the file changed…
+    pub signal: Option<String>,
+    /// …to this pid…
+    pub pid: Option<i32>,
+    /// …or to the pid in this file.
+    pub pid_file: Option<PathBuf>,
+    /// Quiet period before the action.
+    #[serde(default = "two_seconds")]
+    pub wait_min: Dur,
+    /// Longest delay of the action after the first change.
+    #[serde(default = "ten_seconds")]
+    pub wait_max: Dur,
+}
+
+fn jinja() -> String {
+    "jinja".to_owned()
+}
+
+fn mode_0600() -> String {
+    "0600".to_owned()
+}
+
+fn thirty_seconds() -> Dur {
+    secs(30)
+}
+
+fn two_seconds() -> Dur {
+    secs(2)
+}
+
+fn ten_seconds() -> Dur {
+    secs(10)
 }
 
 /// `[lambda]`: only read when running as a Lambda extension.

@@ -362,3 +362,62 @@ fn numeric_looking_strings_from_env_are_accepted() {
     let unix = c.listen.unix.unwrap();
     assert_eq!((unix.mode, unix.group), (0o660, Some(0)));
 }
+
+#[test]
+fn signal_names() {
+    use super::validate::signal_number;
+    assert_eq!(signal_number("HUP"), Some(1));
+    assert_eq!(signal_number("sigusr1"), Some(10));
+    assert_eq!(signal_number("15"), Some(15));
+    assert_eq!(signal_number("NOPE"), None);
+    assert_eq!(signal_number("0"), None);
+}
+
+#[test]
+fn templates_validate_each_field() {
+    let check = |toml: &str, key: &str| {
+        let msg = err(Some(toml), &[]);
+        assert!(msg.contains(key), "{msg}");
+    };
+    let base = "[[templates]]\ndestination = \"/tmp/x\"\n";
+    check(base, "templates.0.source");
+    check(
+        &format!("{base}source = \"a\"\ncontents = \"b\""),
+        "templates.0.source",
+    );
+    check(
+        &format!("{base}contents = \"b\"\nsyntax = \"go\""),
+        "templates.0.syntax",
+    );
+    check(
+        &format!("{base}contents = \"b\"\nmode = \"999\""),
+        "templates.0.mode",
+    );
+    check(
+        &format!("{base}contents = \"b\"\ncommand = []"),
+        "templates.0.command",
+    );
+    check(
+        &format!("{base}contents = \"b\"\nsignal = \"HUP\""),
+        "templates.0.pid",
+    );
+    check(
+        &format!("{base}contents = \"b\"\nsignal = \"BOGUS\"\npid = 1"),
+        "templates.0.signal",
+    );
+    check(
+        &format!("{base}contents = \"b\"\nwait_min = \"5s\"\nwait_max = \"1s\""),
+        "templates.0.wait_max",
+    );
+    let c = ok(
+        Some(&format!(
+            "{base}contents = \"b\"\nsignal = \"USR1\"\npid_file = \"/run/app.pid\"\nmode = 640"
+        )),
+        &[],
+    );
+    assert_eq!(c.templates[0].destination.mode, 0o640);
+    assert!(matches!(
+        c.templates[0].action,
+        crate::render::Action::Signal { signal: 10, .. }
+    ));
+}

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::cache::{Backoff, Settings, Target};
 use crate::refs::{self, RefKind};
+use crate::render::{Action, Destination, SignalTarget, Syntax, TemplateSource, TemplateSpec};
 use crate::source::{Key, PathKey};
 
 struct Check<'a> {
@@ -79,6 +80,7 @@ pub(super) fn validate(raw: RawConfig, fig: &Figment) -> Result<Config, ConfigEr
             prefetch_timeout: positive(&c, "lambda.prefetch_timeout", raw.lambda.prefetch_timeout)?,
             prefetch_on_snapstart: raw.lambda.prefetch_on_snapstart,
         },
+        templates: templates(&raw, &c)?,
         warnings: Vec::new(),
         raw,
     })
@@ -369,4 +371,101 @@ fn positive(c: &Check<'_>, key: &str, d: Dur) -> Result<Duration, ConfigError> {
         return Err(c.err(key, "must be greater than zero"));
     }
     Ok(d.0)
+}
+
+fn templates(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<TemplateSpec>, ConfigError> {
+    raw.templates
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let at = |f: &str| format!("templates.{i}.{f}");
+            let source = match (&t.source, &t.contents) {
+                (Some(p), None) => TemplateSource::File(p.clone()),
+                (None, Some(text)) => TemplateSource::Inline(text.clone()),
+                _ => return Err(c.err(&at("source"), "set exactly one of `source` and `contents`")),
+            };
+            let syntax = match t.syntax.as_str() {
+                "jinja" => Syntax::Jinja,
+                "cloudformation" => Syntax::CloudFormation,
+                _ => return Err(c.err(&at("syntax"), "expected `jinja` or `cloudformation`")),
+            };
+            let id = |key: &str, file: &str, v: &Option<String>| {
+                v.as_deref()
+                    .map(|name| lookup_id(Path::new(file), name))
+                    .transpose()
+                    .map_err(|m| c.err(&at(key), m))
+            };
+            let destination = Destination {
+                path: t.destination.clone(),
+                mode: u32::from_str_radix(&t.mode, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| c.err(&at("mode"), "expected an octal mode such as \"0640\""))?,
+                owner: id("owner", "/etc/passwd", &t.owner)?,
+                group: id("group", "/etc/group", &t.group)?,
+                create_dirs: t.create_dirs,
+                in_place: t.in_place,
+            };
+            let action = match (&t.command, &t.signal) {
+                (Some(_), Some(_)) => {
+                    return Err(c.err(&at("signal"), "use either `command` or `signal`"));
+                }
+                (Some(argv), None) if argv.is_empty() || argv[0].is_empty() => {
+                    return Err(c.err(&at("command"), "must name a program"));
+                }
+                (Some(argv), None) => Action::Command {
+                    argv: argv.clone(),
+                    timeout: positive(c, &at("command_timeout"), t.command_timeout)?,
+                },
+                (None, Some(sig)) => Action::Signal {
+                    signal: signal_number(sig)
+                        .ok_or_else(|| c.err(&at("signal"), format!("unknown signal {sig:?}")))?,
+                    target: match (t.pid, &t.pid_file) {
+                        (Some(pid), None) if pid > 0 => SignalTarget::Pid(pid),
+                        (None, Some(f)) => SignalTarget::PidFile(f.clone()),
+                        _ => {
+                            return Err(c.err(
+                                &at("pid"),
+                                "a signal needs exactly one of `pid` (> 0) and `pid_file`",
+                            ));
+                        }
+                    },
+                },
+                (None, None) => Action::None,
+            };
+            if t.wait_max.0 < t.wait_min.0 {
+                return Err(c.err(&at("wait_max"), "must not be below wait_min"));
+            }
+            Ok(TemplateSpec {
+                source,
+                syntax,
+                destination,
+                action,
+                wait_min: t.wait_min.0,
+                wait_max: t.wait_max.0,
+            })
+        })
+        .collect()
+}
+
+/// `HUP`, `SIGHUP` or a number → the signal number.
+pub(crate) fn signal_number(name: &str) -> Option<i32> {
+    if let Ok(n) = name.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = name.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        "CONT" => 18,
+        "STOP" => 19,
+        "WINCH" => 28,
+        _ => return None,
+    })
 }

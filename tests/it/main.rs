@@ -8,3 +8,4 @@ mod inprocess;
 mod lambda;
 mod server;
 mod support;
+mod templates;
