@@ -230,10 +230,15 @@ impl Scheduler {
         reply: oneshot::Sender<PrefetchReport>,
     ) {
         let now = Instant::now();
+        let cached = self.store.snapshot();
         let mut remaining = HashSet::new();
         for (key, interval) in wanted {
             if let Some(s) = self.scheduled.get_mut(&key) {
                 s.interval = interval;
+                // Already scheduled but its first fetch is still running: wait for it too.
+                if !cached.contains_key(&key) && self.inflight.contains_key(&key) {
+                    remaining.insert(key);
+                }
                 continue;
             }
             self.scheduled.insert(
@@ -324,6 +329,7 @@ impl Scheduler {
         if self.bumped {
             self.store.publish(self.next_generation);
         }
+        self.answer_prefetches();
         // Forget failures once even the longest backoff has passed (keeps the map bounded).
         let horizon = self.settings.backoff.max;
         self.negative.retain(|_, n| n.until + horizon > now);
@@ -487,6 +493,7 @@ impl Scheduler {
         self.queue.insert((s.deadline, key.clone()));
     }
 
+    /// Records a key's outcome in every prefetch waiting for it.
     fn settle_prefetch(&mut self, key: &Arc<Key>, error: Option<&SourceError>) {
         for w in &mut self.prefetches {
             if w.remaining.remove(key) {
@@ -496,6 +503,11 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Answers finished prefetches. Called only after the store holds their values, so a
+    /// caller that reads the store right after `configure`/`pin` returns sees them.
+    fn answer_prefetches(&mut self) {
         let (finished, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.prefetches)
             .into_iter()
             .partition(|w| w.remaining.is_empty());

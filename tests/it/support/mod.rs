@@ -82,18 +82,23 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A port the OS just had free, never handed out twice in this process (tests run in parallel).
+/// A free port for servers that must be told their port in advance (moto, the PSLE port
+/// variable). Picked below Linux's ephemeral range (32768+), so no `bind(0)` or outgoing
+/// connection elsewhere in the parallel test run can be handed the same port meanwhile; never
+/// handed out twice in this process.
 pub fn free_port() -> u16 {
+    use std::hash::BuildHasher;
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0u64.. {
+        let port = 20_000 + (random.hash_one(attempt) % 12_000) as u16;
         let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
         }
     }
+    unreachable!("the loop only ends by returning")
 }
 
 /// Polls `f` every 20 ms until it holds or `limit` passes (readiness of real processes only).
