@@ -51,6 +51,9 @@ pub enum AppError {
     /// A template could not be rendered (`render --once`).
     #[error(transparent)]
     Render(#[from] RenderError),
+    /// Exec mode could not start or resolve its references.
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecError),
     /// A `get` REF was malformed or its selection failed.
     #[error("{0}")]
     Ref(String),

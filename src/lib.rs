@@ -16,6 +16,7 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod control;
+pub mod exec;
 pub mod lambda;
 pub mod refs;
 pub mod render;

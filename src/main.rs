@@ -31,6 +31,8 @@ enum Command {
     CheckConfig,
     /// Exit 0 when the running sidekey is ready (for container health checks).
     Health,
+    /// Start a command with secrets in its environment and supervise it (PID 1 friendly).
+    Exec(ExecArgs),
     /// Render every template and exit (init containers); non-zero on any failure.
     Render {
         /// Render once and exit (the only mode; `run` keeps templates current).
@@ -45,6 +47,35 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Kind::Any)]
         kind: Kind,
     },
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// `NAME=REF`: put the value of REF in NAME (repeatable). Bare names starting with `/` are
+    /// parameters, others secrets; `REF:json-key` selects a key.
+    #[arg(long = "env", value_name = "NAME=REF")]
+    env: Vec<String>,
+    /// A file of `NAME=REF` lines.
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// `PREFIX=REF`: one variable per key of a JSON secret (`PREFIX` + KEY upper-cased).
+    #[arg(long = "expand", value_name = "PREFIX=REF")]
+    expand: Vec<String>,
+    /// Also resolve inherited variables whose values are references (ARNs, `{{resolve:…}}`).
+    #[arg(long)]
+    resolve_env: bool,
+    /// When a value changes: `restart`, `none`, or `signal:NAME` (e.g. `signal:HUP`).
+    #[arg(long, default_value = "restart")]
+    on_change: String,
+    /// Time between SIGTERM and SIGKILL when restarting.
+    #[arg(long, default_value = "10s")]
+    grace: String,
+    /// Quiet period after a change before acting (bursts act once).
+    #[arg(long, default_value = "2s")]
+    wait: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -125,6 +156,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Get { reference, kind } => block_on(get(config, reference, kind)),
+        Command::Exec(args) => exec(config, &opts, args),
         Command::Render { .. } => block_on(async {
             sidekey::telemetry::init(&config.log).map_err(AppError::Io)?;
             let n = app::render_once(&config, &opts.env).await?;
@@ -183,6 +215,68 @@ fn block_on(fut: impl Future<Output = Result<(), AppError>>) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+fn exec(config: Config, opts: &LoadOptions, args: ExecArgs) -> ExitCode {
+    let spec = match exec_spec(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sidekey: {e}");
+            return ExitCode::from(config::EXIT_CONFIG);
+        }
+    };
+    let mut code = 1u8;
+    let status = block_on(async {
+        sidekey::telemetry::init(&config.log).map_err(AppError::Io)?;
+        let c = sidekey::exec::run(&config, &opts.env, spec).await?;
+        code = u8::try_from(c).unwrap_or(1);
+        Ok(())
+    });
+    if status == ExitCode::SUCCESS {
+        ExitCode::from(code)
+    } else {
+        status
+    }
+}
+
+fn exec_spec(a: ExecArgs) -> Result<sidekey::exec::ExecSpec, AppError> {
+    use sidekey::exec::{ExecError, OnChange, parse_pair, read_env_file};
+    let mut env = a
+        .env
+        .iter()
+        .map(|p| parse_pair(p))
+        .collect::<Result<Vec<_>, ExecError>>()?;
+    for f in &a.env_file {
+        env.extend(read_env_file(f)?);
+    }
+    let expand = a
+        .expand
+        .iter()
+        .map(|p| parse_pair(p))
+        .collect::<Result<Vec<_>, ExecError>>()?;
+    let bad = |what: &str| AppError::Exec(ExecError::BadOption(what.to_owned()));
+    let on_change = match a.on_change.as_str() {
+        "restart" => OnChange::Restart,
+        "none" => OnChange::None,
+        s => match s.strip_prefix("signal:").and_then(config::signal_number) {
+            Some(n) => OnChange::Signal(n),
+            None => return Err(bad(&format!("--on-change {s}"))),
+        },
+    };
+    let dur = |s: &str| {
+        config::Dur::parse(s)
+            .map(|d| d.0)
+            .ok_or_else(|| bad(&format!("duration {s}")))
+    };
+    Ok(sidekey::exec::ExecSpec {
+        env,
+        expand,
+        resolve_env: a.resolve_env,
+        command: a.command,
+        on_change,
+        grace: dur(&a.grace)?,
+        wait: dur(&a.wait)?,
+    })
 }
 
 fn check_config(config: &Config) -> ExitCode {

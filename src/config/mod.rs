@@ -22,6 +22,8 @@ pub mod raw;
 mod tests;
 mod validate;
 
+pub use validate::signal_number;
+
 pub use raw::{Dur, RawConfig};
 
 /// Exit code for bad configuration (`EX_USAGE`).

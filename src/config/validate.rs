@@ -449,7 +449,7 @@ fn templates(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<TemplateSpec>, Config
 }
 
 /// `HUP`, `SIGHUP` or a number → the signal number.
-pub(crate) fn signal_number(name: &str) -> Option<i32> {
+pub fn signal_number(name: &str) -> Option<i32> {
     if let Ok(n) = name.parse::<i32>() {
         return (1..=64).contains(&n).then_some(n);
     }

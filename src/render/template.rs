@@ -222,24 +222,12 @@ fn value_of(
             ))
         }
         (v, sel) => {
-            let text = text_of(v);
+            let text = v.expose_text().unwrap_or_default();
             match sel {
                 Some(sel) => select(&text, sel),
                 None => Ok(Value::from(text)),
             }
         }
-    }
-}
-
-fn text_of(v: &Fetched) -> String {
-    use base64::prelude::{BASE64_STANDARD, Engine as _};
-    match v {
-        Fetched::Secret(s) => match &s.payload {
-            Payload::Text(t) => t.expose_secret().to_owned(),
-            Payload::Binary(b) => BASE64_STANDARD.encode(b.expose_secret()),
-        },
-        Fetched::Parameter(p) => p.value.expose_secret().to_owned(),
-        Fetched::Path(_) => String::new(),
     }
 }
 

@@ -281,6 +281,21 @@ impl Fetched {
         }
     }
 
+    /// The value as text to hand to an app (a file, an environment variable): the string,
+    /// a binary secret as base64; `None` for a path (many values).
+    pub fn expose_text(&self) -> Option<String> {
+        use base64::prelude::{BASE64_STANDARD, Engine as _};
+        use secrecy::ExposeSecret;
+        match self {
+            Fetched::Secret(s) => Some(match &s.payload {
+                Payload::Text(t) => t.expose_secret().to_owned(),
+                Payload::Binary(b) => BASE64_STANDARD.encode(b.expose_secret()),
+            }),
+            Fetched::Parameter(p) => Some(p.value.expose_secret().to_owned()),
+            Fetched::Path(_) => None,
+        }
+    }
+
     /// Approximate heap size of the value, for the on-demand byte budget.
     pub fn weight(&self) -> usize {
         use secrecy::ExposeSecret;

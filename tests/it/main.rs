@@ -4,6 +4,7 @@
 mod cli;
 mod e2e_moto;
 mod examples;
+mod exec;
 mod inprocess;
 mod lambda;
 mod server;

@@ -1,0 +1,429 @@
+//! Exec mode: `sidekey exec [--env NAME=REF]… -- CMD ARGS…` resolves every reference, starts
+//! CMD with the values in its environment, and supervises it as a proper PID 1: signals are
+//! forwarded, every exited child (orphans included) is reaped, and sidekey exits with CMD's
+//! code (128 + signal when it was killed). When a referenced value changes, CMD is restarted
+//! (stop signal, grace, kill, start with fresh values), signalled, or left alone — debounced so
+//! a burst of rotations acts once. A reference that cannot be resolved aborts before CMD starts;
+//! no value is ever printed.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal, WaitOptions, kill_process};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{AppError, build_source};
+use crate::cache::{Cache, Target, store::Map};
+use crate::config::Config;
+use crate::refs::{self, Ref, RefKind, Select};
+
+/// What to do with the child when a referenced value changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnChange {
+    /// Stop it (signal, grace, kill) and start it again with fresh values.
+    Restart,
+    /// Send it this signal.
+    Signal(i32),
+    /// Nothing.
+    None,
+}
+
+/// Everything exec mode needs.
+#[derive(Clone, Debug)]
+pub struct ExecSpec {
+    /// `NAME=REF` pairs, in order.
+    pub env: Vec<(String, String)>,
+    /// `PREFIX=REF`: one variable per key of a JSON secret (`PREFIX` + upper-cased key).
+    pub expand: Vec<(String, String)>,
+    /// Resolve inherited variables whose values are references (ARNs, `{{resolve:…}}`, …).
+    pub resolve_env: bool,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Reaction to changes.
+    pub on_change: OnChange,
+    /// Time between the stop signal and SIGKILL on restart.
+    pub grace: Duration,
+    /// Quiet period before acting on a change.
+    pub wait: Duration,
+}
+
+/// Why exec mode stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// A `NAME=REF` argument or env-file line is malformed.
+    #[error("invalid --env {0:?}: expected NAME=REF")]
+    BadPair(String),
+    /// An option value is malformed.
+    #[error("invalid {0}")]
+    BadOption(String),
+    /// A reference is malformed.
+    #[error("{name}: {message}")]
+    BadRef {
+        /// Variable.
+        name: String,
+        /// Parse error.
+        message: String,
+    },
+    /// A reference could not be resolved.
+    #[error("cannot resolve {name} ({key}): {code}")]
+    Unresolved {
+        /// Variable.
+        name: String,
+        /// What was asked for.
+        key: String,
+        /// Backend error code or selection problem (never a value).
+        code: String,
+    },
+    /// The command could not be started.
+    #[error("cannot start {program}: {error}")]
+    Spawn {
+        /// Program.
+        program: String,
+        /// OS error.
+        error: std::io::Error,
+    },
+}
+
+/// Parses `NAME=REF`.
+pub fn parse_pair(s: &str) -> Result<(String, String), ExecError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() && !k.contains(char::is_whitespace) => {
+            Ok((k.to_owned(), v.to_owned()))
+        }
+        _ => Err(ExecError::BadPair(s.to_owned())),
+    }
+}
+
+/// Reads an env file: `NAME=REF` per line; blank lines and `#` comments ignored.
+pub fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, AppError> {
+    let text = std::fs::read_to_string(path).map_err(AppError::Io)?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| parse_pair(l).map_err(AppError::Exec))
+        .collect()
+}
+
+/// A value to put in the child's environment.
+struct Binding {
+    name: String,
+    reference: Ref,
+    /// `Some(prefix)`: expand a JSON object into one variable per key.
+    expand: Option<String>,
+}
+
+/// Runs exec mode to completion; returns the exit code to use.
+pub async fn run(
+    config: &Config,
+    env: &BTreeMap<String, String>,
+    spec: ExecSpec,
+) -> Result<i32, AppError> {
+    let bindings = bindings(&spec, env)?;
+    let source = build_source(config).await?;
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let cache = Cache::start(source, config.cache.clone(), stop.clone(), &tracker);
+    let interval = config.raw.cache.refresh_interval.0;
+    let targets: Vec<Target> = bindings
+        .iter()
+        .map(|b| Target {
+            key: b.reference.key.clone(),
+            interval,
+        })
+        .collect();
+    let report = cache
+        .pin(targets)
+        .await
+        .map_err(|e| AppError::Io(std::io::Error::other(e.to_string())))?;
+    if let Some((key, err)) = report.failed.first() {
+        let name = bindings
+            .iter()
+            .find(|b| &b.reference.key == key)
+            .map(|b| b.name.clone())
+            .unwrap_or_default();
+        return Err(AppError::Exec(ExecError::Unresolved {
+            name,
+            key: key.to_string(),
+            code: err.code.clone(),
+        }));
+    }
+    let result = supervise(&cache, env, &bindings, &spec).await;
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    result
+}
+
+fn bindings(spec: &ExecSpec, env: &BTreeMap<String, String>) -> Result<Vec<Binding>, AppError> {
+    let parse = |name: &str, r: &str| {
+        refs::parse(r, RefKind::Infer, true).map_err(|e| {
+            AppError::Exec(ExecError::BadRef {
+                name: name.to_owned(),
+                message: e.to_string(),
+            })
+        })
+    };
+    let mut out = Vec::new();
+    if spec.resolve_env {
+        for (name, value) in env {
+            if looks_like_ref(value) {
+                out.push(Binding {
+                    name: name.clone(),
+                    reference: parse(name, value)?,
+                    expand: None,
+                });
+            }
+        }
+    }
+    for (name, r) in &spec.env {
+        out.push(Binding {
+            name: name.clone(),
+            reference: parse(name, r)?,
+            expand: None,
+        });
+    }
+    for (prefix, r) in &spec.expand {
+        out.push(Binding {
+            name: prefix.clone(),
+            reference: parse(prefix, r)?,
+            expand: Some(prefix.clone()),
+        });
+    }
+    Ok(out)
+}
+
+/// Inherited values sidekey resolves with `--resolve-env` (as secrets-init and ECS do).
+fn looks_like_ref(v: &str) -> bool {
+    v.starts_with("arn:aws:secretsmanager:")
+        || v.starts_with("arn:aws-cn:secretsmanager:")
+        || v.starts_with("arn:aws-us-gov:secretsmanager:")
+        || (v.starts_with("arn:aws") && v.contains(":ssm:") && v.contains(":parameter/"))
+        || v.starts_with("{{resolve:")
+        || v.starts_with("sm://")
+        || v.starts_with("ssm://")
+}
+
+/// The child's extra variables from one snapshot.
+fn resolve(snapshot: &Map, bindings: &[Binding]) -> Result<Vec<(String, String)>, ExecError> {
+    let mut vars = Vec::new();
+    for b in bindings {
+        let unresolved = |code: &str| ExecError::Unresolved {
+            name: b.name.clone(),
+            key: b.reference.key.to_string(),
+            code: code.to_owned(),
+        };
+        let entry = snapshot
+            .get(&b.reference.key)
+            .ok_or_else(|| unresolved("not fetched"))?;
+        let text = entry
+            .value
+            .expose_text()
+            .ok_or_else(|| unresolved("a path is not a single value"))?;
+        let text = match &b.reference.select {
+            None => text,
+            Some(sel) => match refs::select(&text, sel).map_err(|e| unresolved(&e.to_string()))? {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            },
+        };
+        match &b.expand {
+            None => vars.push((b.name.clone(), text)),
+            Some(prefix) => {
+                let doc = refs::select(&text, &Select::Pointer(String::new()))
+                    .map_err(|e| unresolved(&e.to_string()))?;
+                let Some(obj) = doc.as_object() else {
+                    return Err(unresolved("not a JSON object"));
+                };
+                for (k, v) in obj {
+                    let key: String = k
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() {
+                                c.to_ascii_uppercase()
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
+                    let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                    vars.push((format!("{prefix}{key}"), v));
+                }
+            }
+        }
+    }
+    Ok(vars)
+}
+
+fn start(
+    spec: &ExecSpec,
+    env: &BTreeMap<String, String>,
+    vars: &[(String, String)],
+) -> Result<Child, ExecError> {
+    let (program, args) = spec.command.split_first().ok_or_else(|| ExecError::Spawn {
+        program: String::new(),
+        error: std::io::Error::other("no command"),
+    })?;
+    Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .spawn()
+        .map_err(|error| ExecError::Spawn {
+            program: program.clone(),
+            error,
+        })
+}
+
+fn send(pid: u32, sig: i32) {
+    let pid = i32::try_from(pid).ok().and_then(Pid::from_raw);
+    if let (Some(pid), Some(sig)) = (pid, Signal::from_named_raw(sig)) {
+        let _ = kill_process(pid, sig);
+    }
+}
+
+/// Reaps every exited child; returns the exit code if `child` was among them.
+fn reap(child: u32) -> Option<i32> {
+    let mut code = None;
+    while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
+        if pid.as_raw_nonzero().get().unsigned_abs() == child {
+            code = status
+                .exit_status()
+                .or_else(|| status.terminating_signal().map(|s| 128 + s));
+        }
+    }
+    code
+}
+
+async fn supervise(
+    cache: &Cache,
+    env: &BTreeMap<String, String>,
+    bindings: &[Binding],
+    spec: &ExecSpec,
+) -> Result<i32, AppError> {
+    let store = cache.store();
+    let versions = |snap: &Map| -> Vec<u64> {
+        bindings
+            .iter()
+            .map(|b| snap.get(&b.reference.key).map_or(0, |e| e.changed))
+            .collect()
+    };
+    let snapshot = store.snapshot();
+    let mut seen = versions(&snapshot);
+    let vars = resolve(&snapshot, bindings).map_err(AppError::Exec)?;
+    // Listen for SIGCHLD before the child exists, so a fast exit is not missed.
+    let io = AppError::Io;
+    let mut chld = signal(SignalKind::child()).map_err(io)?;
+    let mut child = start(spec, env, &vars).map_err(AppError::Exec)?;
+    let mut forwarded = Vec::new();
+    for kind in [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+        SignalKind::window_change(),
+    ] {
+        forwarded.push((kind.as_raw_value(), signal(kind).map_err(io)?));
+    }
+    let mut changes = store.subscribe();
+    let mut act_at: Option<Instant> = None;
+    loop {
+        let forward = futures_any(&mut forwarded);
+        tokio::select! {
+            _ = chld.recv() => {
+                if let Some(code) = reap(child.id()) {
+                    return Ok(code);
+                }
+            }
+            sig = forward => send(child.id(), sig),
+            r = changes.changed() => {
+                if r.is_err() { continue; }
+                let now = versions(&store.snapshot());
+                if now != seen && spec.on_change != OnChange::None {
+                    seen = now;
+                    act_at = Some(Instant::now() + spec.wait);
+                }
+            }
+            () = sleep_until(act_at.unwrap_or_else(Instant::now)), if act_at.is_some() => {
+                act_at = None;
+                match spec.on_change {
+                    OnChange::Signal(sig) => {
+                        tracing::info!(signal = sig, "A referenced value changed; signalling the child.");
+                        send(child.id(), sig);
+                    }
+                    OnChange::Restart => {
+                        tracing::info!("A referenced value changed; restarting the child.");
+                        if let Some(code) = stop_child(&mut child, spec.grace, &mut chld).await {
+                            tracing::debug!(code, "Child stopped for restart.");
+                        }
+                        let vars = resolve(&store.snapshot(), bindings).map_err(AppError::Exec)?;
+                        child = start(spec, env, &vars).map_err(AppError::Exec)?;
+                    }
+                    OnChange::None => {}
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL; returns the exit code.
+async fn stop_child(
+    child: &mut Child,
+    grace: Duration,
+    chld: &mut tokio::signal::unix::Signal,
+) -> Option<i32> {
+    send(child.id(), 15);
+    let deadline = Instant::now() + grace;
+    loop {
+        if let Some(code) = reap(child.id()) {
+            return Some(code);
+        }
+        tokio::select! {
+            _ = chld.recv() => {}
+            () = sleep_until(deadline) => {
+                send(child.id(), 9);
+                let _ = chld.recv().await;
+                return reap(child.id());
+            }
+        }
+    }
+}
+
+/// The first of several signal streams to fire; yields its signal number.
+async fn futures_any(streams: &mut [(i32, tokio::signal::unix::Signal)]) -> i32 {
+    std::future::poll_fn(|cx| {
+        for (num, s) in streams.iter_mut() {
+            if s.poll_recv(cx).is_ready() {
+                return std::task::Poll::Ready(*num);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_and_inherited_references() {
+        assert_eq!(
+            parse_pair("A=db:password").unwrap(),
+            ("A".into(), "db:password".into())
+        );
+        assert!(parse_pair("=x").is_err() && parse_pair("A=").is_err() && parse_pair("A").is_err());
+        assert!(looks_like_ref(
+            "arn:aws:secretsmanager:us-east-1:1:secret:db-AbCdEf"
+        ));
+        assert!(looks_like_ref("arn:aws:ssm:us-east-1:1:parameter/a/b"));
+        assert!(looks_like_ref("{{resolve:ssm:/a}}"));
+        assert!(!looks_like_ref("/usr/bin:/bin") && !looks_like_ref("arn:aws:s3:::bucket"));
+    }
+}

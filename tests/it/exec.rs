@@ -1,0 +1,185 @@
+//! `sidekey exec` with real child processes on the local file source.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::server::VALUES;
+use crate::support::wait_until;
+
+fn sidekey_exec(dir: &tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let values = dir.path().join("values.toml");
+    if !values.exists() {
+        std::fs::write(&values, VALUES).unwrap();
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidekey"));
+    cmd.arg("exec")
+        .arg("--source-file")
+        .arg(&values)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied());
+    cmd
+}
+
+fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    (
+        status.code(),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+#[test]
+fn injects_values_and_mirrors_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = output(&mut sidekey_exec(
+        &dir,
+        &[
+            "--env",
+            "PW=app/db:password",
+            "--env",
+            "URL=/app/url",
+            "--expand",
+            "DB_=app/db",
+            "--resolve-env",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$PW|$URL|$DB_USER|$INHERITED|$PLAIN\"; exit 7",
+        ],
+        &[("INHERITED", "sm://app/key"), ("PLAIN", "unchanged")],
+    ));
+    assert_eq!(code, Some(7), "{err}");
+    assert_eq!(
+        out.trim(),
+        "Pa55-w0rd-XYZZY|https://example.internal|admin|api-key-PLUGH-42|unchanged"
+    );
+}
+
+#[test]
+fn an_unresolvable_reference_aborts_before_the_child_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = output(&mut sidekey_exec(
+        &dir,
+        &[
+            "--env",
+            "PW=app/db:password",
+            "--env",
+            "X=app/nope",
+            "--",
+            "sh",
+            "-c",
+            "echo started",
+        ],
+        &[],
+    ));
+    assert_eq!(code, Some(1));
+    assert!(out.is_empty(), "the child never ran");
+    assert!(
+        err.contains("X") && err.contains("ResourceNotFoundException"),
+        "{err}"
+    );
+    assert!(!err.contains("Pa55"), "no value in messages");
+    let (code, _, err) = output(&mut sidekey_exec(
+        &dir,
+        &["--env", "bad", "--", "true"],
+        &[],
+    ));
+    assert_eq!(code, Some(64), "{err}");
+}
+
+#[test]
+fn a_killed_child_exits_with_128_plus_the_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, _) = output(&mut sidekey_exec(
+        &dir,
+        &["--", "sh", "-c", "kill -TERM $$"],
+        &[],
+    ));
+    assert_eq!(code, Some(143));
+}
+
+#[test]
+fn signals_are_forwarded_to_the_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ready");
+    let script = format!(
+        "trap 'echo got-hup; exit 3' HUP; touch {}; while :; do sleep 0.05; done",
+        marker.display()
+    );
+    let child = sidekey_exec(&dir, &["--", "sh", "-c", &script], &[])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || marker.exists());
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "got-hup");
+}
+
+#[test]
+fn a_rotation_restarts_the_child_with_the_new_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "echo \"$PW\" >> {}; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut child = sidekey_exec(
+        &dir,
+        &[
+            "--env",
+            "PW=app/db:password",
+            "--on-change",
+            "restart",
+            "--wait",
+            "100ms",
+            "--grace",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[
+            ("SIDEKEY_CACHE__REFRESH_INTERVAL", "1s"),
+            ("SIDEKEY_CACHE__JITTER", "0"),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.lines().count() == 1)
+    });
+    std::fs::write(
+        dir.path().join("values.toml"),
+        VALUES.replace("Pa55-w0rd-XYZZY", "rotated"),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(15), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.lines().count() == 2)
+    });
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "Pa55-w0rd-XYZZY\nrotated\n"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        child.wait().unwrap().code(),
+        Some(0),
+        "SIGTERM reaches the child, whose code is mirrored"
+    );
+}
