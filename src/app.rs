@@ -109,6 +109,8 @@ pub(crate) struct Running {
     ready: Arc<AtomicBool>,
     tracker: TaskTracker,
     background: CancellationToken,
+    /// Stops the current renderer (replaced when a reload changes the templates).
+    renderer_stop: CancellationToken,
     stop_serving: CancellationToken,
     server: tokio::task::JoinHandle<bool>,
 }
@@ -214,6 +216,7 @@ pub(crate) fn start(
         load,
         cache,
         ready,
+        renderer_stop: background.child_token(),
         tracker,
         background,
         stop_serving,
@@ -252,7 +255,7 @@ impl Running {
             return;
         }
         let renderer = self.renderer();
-        let (ready, stop) = (self.ready.clone(), self.background.clone());
+        let (ready, stop) = (self.ready.clone(), self.renderer_stop.clone());
         self.tracker.spawn(async move {
             loop {
                 match renderer.render_all().await {
@@ -304,7 +307,19 @@ impl Running {
     }
 
     fn reload(&mut self) {
+        let before = self.config.templates.clone();
         reload(&mut self.config, &self.load, &self.cache, &self.tracker);
+        if self.config.templates != before && self.ready.load(Ordering::Acquire) {
+            // The startup path again: render the new set, then follow changes. Files of removed
+            // templates stay as they are.
+            tracing::info!(
+                templates = self.config.templates.len(),
+                "Templates changed; re-rendering."
+            );
+            self.renderer_stop.cancel();
+            self.renderer_stop = self.background.child_token();
+            self.start_templates();
+        }
     }
 }
 

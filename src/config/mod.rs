@@ -272,7 +272,6 @@ pub fn restart_required(old: &RawConfig, new: &RawConfig) -> Vec<&'static str> {
     check("source", old.source == new.source);
     check("log", old.log == new.log);
     check("lambda", old.lambda == new.lambda);
-    check("templates", old.templates == new.templates);
     out
 }
 

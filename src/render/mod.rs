@@ -28,7 +28,7 @@ pub use output::Destination;
 pub use template::{RenderError, Syntax};
 
 /// One configured template.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TemplateSpec {
     /// Where the template text comes from.
     pub source: TemplateSource,

@@ -128,3 +128,19 @@ fn render_once_for_init_containers() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("app/nope"));
 }
+
+#[test]
+fn templates_added_by_a_reload_are_rendered() {
+    let (spawn, _values) = Spawn::file(VALUES, "");
+    let sk = spawn.start();
+    let out = sk.dir.path().join("added.txt");
+    let config = format!(
+        "{}[[templates]]\ncontents = \"key={{{{ secret(\\\"app/key\\\") }}}}\"\ndestination = {:?}\n",
+        sk.config_text,
+        out.display().to_string()
+    );
+    std::fs::write(&sk.config, config).unwrap();
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).is_ok_and(|s| s == "key=api-key-PLUGH-42")
+    });
+}
