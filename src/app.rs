@@ -107,6 +107,8 @@ pub(crate) struct Running {
     pub(crate) load: LoadOptions,
     pub(crate) cache: Cache,
     ready: Arc<AtomicBool>,
+    /// Woken when `ready` turns true.
+    became_ready: Arc<tokio::sync::Notify>,
     tracker: TaskTracker,
     background: CancellationToken,
     /// Stops the current renderer (replaced when a reload changes the templates).
@@ -217,6 +219,7 @@ pub(crate) fn start(
         cache,
         ready,
         renderer_stop: background.child_token(),
+        became_ready: Arc::new(tokio::sync::Notify::new()),
         tracker,
         background,
         stop_serving,
@@ -251,11 +254,13 @@ impl Running {
     fn start_templates(&self) {
         if self.config.templates.is_empty() {
             self.ready.store(true, Ordering::Release);
+            self.became_ready.notify_waiters();
             tracing::info!("Ready.");
             return;
         }
         let renderer = self.renderer();
         let (ready, stop) = (self.ready.clone(), self.renderer_stop.clone());
+        let became_ready = self.became_ready.clone();
         self.tracker.spawn(async move {
             loop {
                 match renderer.render_all().await {
@@ -271,8 +276,23 @@ impl Running {
                 }
             }
             ready.store(true, Ordering::Release);
+            became_ready.notify_waiters();
             renderer.watch(stop).await;
         });
+    }
+
+    /// Waits until prefetch finished and every template rendered.
+    pub(crate) async fn wait_ready(&self) {
+        loop {
+            let woken = self.became_ready.notified();
+            tokio::pin!(woken);
+            // Registered before the check, so a wake-up in between is not lost.
+            woken.as_mut().enable();
+            if self.ready.load(Ordering::Acquire) {
+                return;
+            }
+            woken.await;
+        }
     }
 
     fn renderer(&self) -> Renderer {

@@ -16,10 +16,12 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{AppError, build_source};
+use crate::api::Listeners;
+use crate::app::{self, AppError, Setup};
 use crate::cache::{Cache, Target, store::Map};
 use crate::config::Config;
 use crate::refs::{self, Ref, RefKind, Select};
+use crate::render::Renderer;
 
 /// What to do with the child when a referenced value changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,16 +119,60 @@ struct Binding {
 }
 
 /// Runs exec mode to completion; returns the exit code to use.
-pub async fn run(
-    config: &Config,
-    env: &BTreeMap<String, String>,
-    spec: ExecSpec,
-) -> Result<i32, AppError> {
-    let bindings = bindings(&spec, env)?;
-    let source = build_source(config).await?;
+/// With `serve`, the HTTP API (on the configured listeners) and templates run alongside, as in
+/// `sidekey run`; otherwise only configured templates do, and no token is needed.
+pub async fn run(setup: Setup, serve: Option<Listeners>, spec: ExecSpec) -> Result<i32, AppError> {
+    let env = setup.load.env.clone();
+    let config = setup.config.clone();
+    let bindings = bindings(&spec, &env)?;
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
-    let cache = Cache::start(source, config.cache.clone(), stop.clone(), &tracker);
+    let (cache, core) = match serve {
+        Some(listeners) => {
+            let core = app::start(setup, listeners, None)?;
+            let report = core.cache.configure(config.targets.clone()).await;
+            if let Err(e) = core.settle_prefetch(report) {
+                core.stop(true).await;
+                return Err(e);
+            }
+            // Templates in place before the child starts.
+            core.wait_ready().await;
+            (core.cache.clone(), Some(core))
+        }
+        None => {
+            let cache = Cache::start(setup.source, config.cache.clone(), stop.clone(), &tracker);
+            if !config.templates.is_empty() {
+                let interval = config.raw.cache.refresh_interval.0;
+                let renderer = Renderer::new(
+                    config.templates.clone(),
+                    cache.clone(),
+                    env.clone(),
+                    interval,
+                );
+                // Files first, so the child starts with them in place.
+                renderer.render_all().await?;
+                tracker.spawn(renderer.watch(stop.clone()));
+            }
+            (cache, None)
+        }
+    };
+    let result = pin_and_supervise(&cache, &config, &env, &bindings, &spec).await;
+    if let Some(core) = core {
+        core.stop(false).await;
+    }
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    result
+}
+
+async fn pin_and_supervise(
+    cache: &Cache,
+    config: &Config,
+    env: &BTreeMap<String, String>,
+    bindings: &[Binding],
+    spec: &ExecSpec,
+) -> Result<i32, AppError> {
     let interval = config.raw.cache.refresh_interval.0;
     let targets: Vec<Target> = bindings
         .iter()
@@ -151,11 +197,7 @@ pub async fn run(
             code: err.code.clone(),
         }));
     }
-    let result = supervise(&cache, env, &bindings, &spec).await;
-    stop.cancel();
-    tracker.close();
-    tracker.wait().await;
-    result
+    supervise(cache, env, bindings, spec).await
 }
 
 fn bindings(spec: &ExecSpec, env: &BTreeMap<String, String>) -> Result<Vec<Binding>, AppError> {

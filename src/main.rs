@@ -73,6 +73,9 @@ struct ExecArgs {
     /// Quiet period after a change before acting (bursts act once).
     #[arg(long, default_value = "2s")]
     wait: String,
+    /// Also serve the HTTP API on the configured listeners (needs a token, as `run`).
+    #[arg(long)]
+    serve: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -218,6 +221,7 @@ fn block_on(fut: impl Future<Output = Result<(), AppError>>) -> ExitCode {
 }
 
 fn exec(config: Config, opts: &LoadOptions, args: ExecArgs) -> ExitCode {
+    let serve = args.serve;
     let spec = match exec_spec(args) {
         Ok(s) => s,
         Err(e) => {
@@ -228,7 +232,21 @@ fn exec(config: Config, opts: &LoadOptions, args: ExecArgs) -> ExitCode {
     let mut code = 1u8;
     let status = block_on(async {
         sidekey::telemetry::init(&config.log).map_err(AppError::Io)?;
-        let c = sidekey::exec::run(&config, &opts.env, spec).await?;
+        let listeners = match serve {
+            true => Some(
+                Listeners::bind(&config.listen)
+                    .await
+                    .map_err(AppError::Bind)?,
+            ),
+            false => None,
+        };
+        let source = app::build_source(&config).await?;
+        let setup = Setup {
+            config,
+            load: opts.clone(),
+            source,
+        };
+        let c = sidekey::exec::run(setup, listeners, spec).await?;
         code = u8::try_from(c).unwrap_or(1);
         Ok(())
     });

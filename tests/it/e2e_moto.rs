@@ -520,3 +520,58 @@ fn credentials_are_checked_at_startup_when_asked() {
         "no listening line before the check"
     );
 }
+
+#[test]
+fn exec_restarts_the_child_when_the_secret_rotates() {
+    let m = moto();
+    let s = seed(&m.url);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "echo \"$PW\" >> {}; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let env = format!("PW={}:password", s.db);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+        .args([
+            "exec",
+            "--env",
+            &env,
+            "--on-change",
+            "restart",
+            "--wait",
+            "100ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env_clear()
+        .envs([
+            ("AWS_ENDPOINT_URL", m.url.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("SIDEKEY_CACHE__REFRESH_INTERVAL", "1s"),
+            ("SIDEKEY_CACHE__JITTER", "0"),
+            ("PATH", "/usr/bin:/bin"),
+        ])
+        .spawn()
+        .unwrap();
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(Duration::from_secs(15), || lines() == "p2\n");
+    let (sm, _) = clients(&m.url);
+    block_on(
+        sm.put_secret_value()
+            .secret_id(&s.db)
+            .secret_string(r#"{"password":"p3"}"#)
+            .send(),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(15), || lines() == "p2\np3\n");
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -183,3 +183,75 @@ fn a_rotation_restarts_the_child_with_the_new_value() {
         "SIGTERM reaches the child, whose code is mirrored"
     );
 }
+
+#[test]
+fn serves_the_api_and_renders_templates_alongside_the_child() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.txt");
+    let cfg = dir.path().join("sidekey.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[templates]]\ncontents = \"pw={{{{ secret(\\\"app/db:password\\\") }}}}\"\ndestination = {:?}\n",
+            out.display().to_string()
+        ),
+    )
+    .unwrap();
+    let script = format!("cat {}; echo; while :; do sleep 0.05; done", out.display());
+    let mut child = sidekey_exec(
+        &dir,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[("AWS_TOKEN", crate::support::TOKEN)],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Never leave the process behind when an assertion fails.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let listening = lines.next().unwrap().unwrap();
+    let addr: std::net::SocketAddr = listening
+        .strip_prefix("sidekey listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "pw=Pa55-w0rd-XYZZY",
+        "the file is rendered before the child starts"
+    );
+    let r = crate::support::get(
+        addr,
+        "/secret?id=app/key&raw=true",
+        &[("X-Aws-Parameters-Secrets-Token", crate::support::TOKEN)],
+    );
+    assert_eq!((r.status, r.body.as_str()), (200, "api-key-PLUGH-42"));
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        child.0.wait().unwrap().code(),
+        Some(143),
+        "the child's death by SIGTERM is mirrored"
+    );
+}
