@@ -21,7 +21,16 @@ use crate::app::{self, AppError, Setup};
 use crate::cache::{Cache, Target, store::Map};
 use crate::config::Config;
 use crate::refs::{self, Ref, RefKind, Select};
-use crate::render::Renderer;
+use crate::render::{Renderer, debounce};
+
+/// The supervised child's pid (0: none), for templates whose action signals "the exec child".
+static CHILD: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The pid of the command `sidekey exec` supervises, if one is running.
+pub fn current_child() -> Option<i32> {
+    let pid = CHILD.load(std::sync::atomic::Ordering::Acquire);
+    i32::try_from(pid).ok().filter(|p| *p > 0)
+}
 
 /// What to do with the child when a referenced value changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +60,8 @@ pub struct ExecSpec {
     pub grace: Duration,
     /// Quiet period before acting on a change.
     pub wait: Duration,
+    /// Longest delay of the action after the first change of a burst.
+    pub wait_max: Duration,
 }
 
 /// Why exec mode stopped early.
@@ -309,7 +320,7 @@ fn start(
         program: String::new(),
         error: std::io::Error::other("no command"),
     })?;
-    Command::new(program)
+    let child = Command::new(program)
         .args(args)
         .env_clear()
         .envs(env)
@@ -318,7 +329,9 @@ fn start(
         .map_err(|error| ExecError::Spawn {
             program: program.clone(),
             error,
-        })
+        })?;
+    CHILD.store(child.id(), std::sync::atomic::Ordering::Release);
+    Ok(child)
 }
 
 fn send(pid: u32, sig: i32) {
@@ -374,7 +387,7 @@ async fn supervise(
         forwarded.push((kind.as_raw_value(), signal(kind).map_err(io)?));
     }
     let mut changes = store.subscribe();
-    let mut act_at: Option<Instant> = None;
+    let mut act_at: Option<(Instant, Instant)> = None;
     loop {
         let forward = futures_any(&mut forwarded);
         tokio::select! {
@@ -389,10 +402,10 @@ async fn supervise(
                 let now = versions(&store.snapshot());
                 if now != seen && spec.on_change != OnChange::None {
                     seen = now;
-                    act_at = Some(Instant::now() + spec.wait);
+                    act_at = Some(debounce(act_at, Instant::now(), spec.wait, spec.wait_max));
                 }
             }
-            () = sleep_until(act_at.unwrap_or_else(Instant::now)), if act_at.is_some() => {
+            () = sleep_until(act_at.map_or_else(Instant::now, |(at, _)| at)), if act_at.is_some() => {
                 act_at = None;
                 match spec.on_change {
                     OnChange::Signal(sig) => {

@@ -73,6 +73,9 @@ struct ExecArgs {
     /// Quiet period after a change before acting (bursts act once).
     #[arg(long, default_value = "2s")]
     wait: String,
+    /// Act at most this long after the first change of a burst.
+    #[arg(long, default_value = "10s")]
+    wait_max: String,
     /// Also serve the HTTP API on the configured listeners (needs a token, as `run`).
     #[arg(long)]
     serve: bool,
@@ -294,6 +297,7 @@ fn exec_spec(a: ExecArgs) -> Result<sidekey::exec::ExecSpec, AppError> {
         on_change,
         grace: dur(&a.grace)?,
         wait: dur(&a.wait)?,
+        wait_max: dur(&a.wait_max)?,
     })
 }
 

@@ -231,12 +231,29 @@ pub struct RawTemplate {
     pub pid: Option<i32>,
     /// …or to the pid in this file.
     pub pid_file: Option<PathBuf>,
-    /// Quiet period before the action.
-    #[serde(default = "two_seconds")]
-    pub wait_min: Dur,
-    /// Longest delay of the action after the first change.
-    #[serde(default = "ten_seconds")]
-    pub wait_max: Dur,
+    /// Debounce window for the action.
+    #[serde(default)]
+    pub wait: RawWait,
+}
+
+/// `wait = { min = "2s", max = "10s" }`: act `min` after the last change, at most `max` after
+/// the first.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWait {
+    /// Quiet period.
+    pub min: Dur,
+    /// Upper bound.
+    pub max: Dur,
+}
+
+impl Default for RawWait {
+    fn default() -> Self {
+        Self {
+            min: secs(2),
+            max: secs(10),
+        }
+    }
 }
 
 fn jinja() -> String {
@@ -249,14 +266,6 @@ fn mode_0600() -> String {
 
 fn thirty_seconds() -> Dur {
     secs(30)
-}
-
-fn two_seconds() -> Dur {
-    secs(2)
-}
-
-fn ten_seconds() -> Dur {
-    secs(10)
 }
 
 /// `[lambda]`: only read when running as a Lambda extension.

@@ -398,7 +398,7 @@ fn templates_validate_each_field() {
         "templates.0.command",
     );
     check(
-        &format!("{base}contents = \"b\"\nsignal = \"HUP\""),
+        &format!("{base}contents = \"b\"\nsignal = \"HUP\"\npid = 0"),
         "templates.0.pid",
     );
     check(
@@ -406,8 +406,8 @@ fn templates_validate_each_field() {
         "templates.0.signal",
     );
     check(
-        &format!("{base}contents = \"b\"\nwait_min = \"5s\"\nwait_max = \"1s\""),
-        "templates.0.wait_max",
+        &format!("{base}contents = \"b\"\nwait = {{ min = \"5s\", max = \"1s\" }}"),
+        "templates.0.wait.max",
     );
     let c = ok(
         Some(&format!(

@@ -423,26 +423,28 @@ fn templates(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<TemplateSpec>, Config
                     target: match (t.pid, &t.pid_file) {
                         (Some(pid), None) if pid > 0 => SignalTarget::Pid(pid),
                         (None, Some(f)) => SignalTarget::PidFile(f.clone()),
+                        // Under `sidekey exec`: the supervised command.
+                        (None, None) => SignalTarget::ExecChild,
                         _ => {
                             return Err(c.err(
                                 &at("pid"),
-                                "a signal needs exactly one of `pid` (> 0) and `pid_file`",
+                                "give at most one of `pid` (> 0) and `pid_file`",
                             ));
                         }
                     },
                 },
                 (None, None) => Action::None,
             };
-            if t.wait_max.0 < t.wait_min.0 {
-                return Err(c.err(&at("wait_max"), "must not be below wait_min"));
+            if t.wait.max.0 < t.wait.min.0 {
+                return Err(c.err(&at("wait.max"), "must not be below wait.min"));
             }
             Ok(TemplateSpec {
                 source,
                 syntax,
                 destination,
                 action,
-                wait_min: t.wait_min.0,
-                wait_max: t.wait_max.0,
+                wait_min: t.wait.min.0,
+                wait_max: t.wait.max.0,
             })
         })
         .collect()

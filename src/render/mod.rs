@@ -81,6 +81,8 @@ pub enum SignalTarget {
     Pid(i32),
     /// A pid read from a file when the signal is sent.
     PidFile(PathBuf),
+    /// The command `sidekey exec` supervises.
+    ExecChild,
 }
 
 /// Renders templates and keeps them current.
@@ -267,6 +269,7 @@ async fn run_action(action: &Action, file: &std::path::Path) {
                 SignalTarget::PidFile(f) => std::fs::read_to_string(f)
                     .ok()
                     .and_then(|s| s.trim().parse().ok()),
+                SignalTarget::ExecChild => crate::exec::current_child(),
             };
             let sent = pid
                 .and_then(rustix::process::Pid::from_raw)
@@ -283,7 +286,7 @@ async fn run_action(action: &Action, file: &std::path::Path) {
 
 /// When an action armed by a change at `now` fires: `min` after the last change, but no later
 /// than `max` after the first change of the burst. Returns `(fire_at, first_change)`.
-fn debounce(
+pub(crate) fn debounce(
     slot: Option<(Instant, Instant)>,
     now: Instant,
     min: Duration,

@@ -126,6 +126,38 @@ mod tests {
     }
 
     #[test]
+    fn a_concurrent_reader_never_sees_a_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.conf");
+        let (a, b) = ("a".repeat(1 << 20), "b".repeat(1 << 20));
+        let d = dest(path.clone(), false);
+        d.write(a.as_bytes()).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (path, stop, a, b) = (path.clone(), stop.clone(), a.clone(), b.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let s = fs::read_to_string(&path).unwrap();
+                    assert!(s == a || s == b, "partial file of {} bytes", s.len());
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for i in 0..40 {
+            d.write(if i % 2 == 0 {
+                b.as_bytes()
+            } else {
+                a.as_bytes()
+            })
+            .unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+    }
+
+    #[test]
     fn in_place_write_keeps_the_inode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mounted.conf");

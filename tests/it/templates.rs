@@ -19,7 +19,7 @@ fn renders_before_ready_then_follows_changes_running_the_command_once() {
     let out = work.path().join("out/app.env");
     let count = work.path().join("count");
     let config = format!(
-        "[[templates]]\nsource = {:?}\ndestination = {:?}\nwait_min = \"100ms\"\nwait_max = \"1s\"\ncommand = [\"sh\", \"-c\", \"echo run >> {}\"]\n",
+        "[[templates]]\nsource = {:?}\ndestination = {:?}\nwait = {{ min = \"100ms\", max = \"1s\" }}\ncommand = [\"sh\", \"-c\", \"echo run >> {}\"]\n",
         tmpl.display().to_string(),
         out.display().to_string(),
         count.display()
