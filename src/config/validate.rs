@@ -318,16 +318,7 @@ fn targets(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<Target>, ConfigError> {
                 if !path.starts_with('/') || path.contains(':') {
                     return Err(c.err(&at("path"), "must start with `/`"));
                 }
-                let trimmed = path.trim_end_matches('/');
-                Key::Path(PathKey {
-                    path: if trimmed.is_empty() {
-                        "/".into()
-                    } else {
-                        trimmed.into()
-                    },
-                    recursive: p.recursive,
-                    decrypt: p.with_decryption,
-                })
+                Key::Path(PathKey::new(path, p.recursive, p.with_decryption))
             }
             _ => {
                 return Err(c.err(

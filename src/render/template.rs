@@ -120,16 +120,7 @@ fn jinja(
         move |path: String, kwargs: Kwargs| -> Result<Value, Error> {
             let recursive: Option<bool> = kwargs.get("recursive")?;
             kwargs.assert_all_used()?;
-            let trimmed = path.trim_end_matches('/');
-            let key = Key::Path(PathKey {
-                path: if trimmed.is_empty() {
-                    "/".into()
-                } else {
-                    trimmed.into()
-                },
-                recursive: recursive.unwrap_or(false),
-                decrypt: true,
-            });
+            let key = Key::Path(PathKey::new(&path, recursive.unwrap_or(false), true));
             value_of(&snap, &rec, &key, None)
         },
     );

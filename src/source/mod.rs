@@ -240,6 +240,22 @@ impl SecretKey {
     }
 }
 
+impl PathKey {
+    /// A path key with trailing slashes dropped (`/app/` and `/app` are one walk; `/` stays).
+    pub fn new(path: &str, recursive: bool, decrypt: bool) -> Self {
+        let trimmed = path.trim_end_matches('/');
+        Self {
+            path: if trimmed.is_empty() {
+                "/".into()
+            } else {
+                trimmed.into()
+            },
+            recursive,
+            decrypt,
+        }
+    }
+}
+
 impl ParamKey {
     /// `name:selector` as GetParameter expects it.
     pub fn selector_name(&self) -> String {

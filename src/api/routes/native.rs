@@ -131,16 +131,11 @@ impl Api {
         if !path.starts_with('/') {
             return Err(Reject::invalid_ref("path must start with /".into()));
         }
-        let trimmed = path.trim_end_matches('/');
-        let key = Key::Path(PathKey {
-            path: if trimmed.is_empty() {
-                "/".into()
-            } else {
-                trimmed.into()
-            },
-            recursive: bool_param(&pairs, "recursive", false)?,
-            decrypt: bool_param(&pairs, "withDecryption", true)?,
-        });
+        let key = Key::Path(PathKey::new(
+            path,
+            bool_param(&pairs, "recursive", false)?,
+            bool_param(&pairs, "withDecryption", true)?,
+        ));
         let hit = self.native_get(&key, &pairs).await?;
         let Fetched::Path(params) = &hit.entry.value else {
             return Err(Reject::internal());
