@@ -182,19 +182,7 @@ pub(crate) fn start(
             watches.push((values.clone(), Control::RefreshNow));
         }
         for (file, event) in watches {
-            match watch::watch_file(&file, event, tx.clone(), background.clone(), &tracker) {
-                // The task holds the watch until shutdown.
-                Ok(w) => {
-                    let stop = background.clone();
-                    tracker.spawn(async move {
-                        stop.cancelled().await;
-                        drop(w);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(file = %file.display(), error = %e, "Cannot watch the file.")
-                }
-            }
+            watch::keep_watching(&file, event, tx.clone(), &background, &tracker);
         }
     }
     let ready = Arc::new(AtomicBool::new(false));

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, WaitOptions, kill_process};
+use rustix::process::{Pid, Signal, kill_process};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,9 @@ use tokio_util::task::TaskTracker;
 use crate::api::Listeners;
 use crate::app::{self, AppError, Setup};
 use crate::cache::{Cache, Target, store::Map};
-use crate::config::Config;
+use crate::config::{Config, SourceConfig};
+use crate::control::Control;
+use crate::reaper;
 use crate::refs::{self, Ref, RefKind, Select};
 use crate::render::{Renderer, debounce};
 
@@ -167,6 +169,17 @@ pub async fn run(setup: Setup, serve: Option<Listeners>, spec: ExecSpec) -> Resu
             (cache, None)
         }
     };
+    if let SourceConfig::File(values) = &config.source {
+        // An edit refreshes every value, as under `sidekey run`.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        crate::watch::keep_watching(values, Control::RefreshNow, tx, &stop, &tracker);
+        let cache = cache.clone();
+        tracker.spawn(async move {
+            while rx.recv().await.is_some() {
+                let _ = cache.refresh_all().await;
+            }
+        });
+    }
     let result = pin_and_supervise(&cache, &config, &env, &bindings, &spec).await;
     if let Some(core) = core {
         core.stop(false).await;
@@ -341,19 +354,6 @@ fn send(pid: u32, sig: i32) {
     }
 }
 
-/// Reaps every exited child; returns the exit code if `child` was among them.
-fn reap(child: u32) -> Option<i32> {
-    let mut code = None;
-    while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
-        if pid.as_raw_nonzero().get().unsigned_abs() == child {
-            code = status
-                .exit_status()
-                .or_else(|| status.terminating_signal().map(|s| 128 + s));
-        }
-    }
-    code
-}
-
 async fn supervise(
     cache: &Cache,
     env: &BTreeMap<String, String>,
@@ -373,6 +373,7 @@ async fn supervise(
     // Listen for SIGCHLD before the child exists, so a fast exit is not missed.
     let io = AppError::Io;
     let mut chld = signal(SignalKind::child()).map_err(io)?;
+    reaper::become_subreaper();
     let mut child = start(spec, env, &vars).map_err(AppError::Exec)?;
     let mut forwarded = Vec::new();
     for kind in [
@@ -392,7 +393,7 @@ async fn supervise(
         let forward = futures_any(&mut forwarded);
         tokio::select! {
             _ = chld.recv() => {
-                if let Some(code) = reap(child.id()) {
+                if let Some(code) = reaper::reap_all(child.id()) {
                     return Ok(code);
                 }
             }
@@ -436,7 +437,7 @@ async fn stop_child(
     send(child.id(), 15);
     let deadline = Instant::now() + grace;
     loop {
-        if let Some(code) = reap(child.id()) {
+        if let Some(code) = reaper::reap_all(child.id()) {
             return Some(code);
         }
         tokio::select! {
@@ -444,7 +445,7 @@ async fn stop_child(
             () = sleep_until(deadline) => {
                 send(child.id(), 9);
                 let _ = chld.recv().await;
-                return reap(child.id());
+                return reaper::reap_all(child.id());
             }
         }
     }

@@ -66,6 +66,27 @@ pub fn watch_file(
     Ok(FileWatch { _watcher: watcher })
 }
 
+/// [`watch_file`] held until `shutdown`; a watch that cannot be set up is logged, not fatal
+/// (the file is still read on reload and refresh, just not noticed by itself).
+pub fn keep_watching(
+    file: &Path,
+    event: Control,
+    tx: mpsc::Sender<Control>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    match watch_file(file, event, tx, shutdown.clone(), tracker) {
+        Ok(w) => {
+            let stop = shutdown.clone();
+            tracker.spawn(async move {
+                stop.cancelled().await;
+                drop(w);
+            });
+        }
+        Err(e) => tracing::warn!(file = %file.display(), error = %e, "Cannot watch the file."),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

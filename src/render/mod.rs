@@ -247,7 +247,16 @@ async fn run_action(action: &Action, file: &std::path::Path) {
                     return;
                 }
             };
-            match tokio::time::timeout(*timeout, child.wait()).await {
+            let pid = child.id();
+            let waited = tokio::time::timeout(*timeout, child.wait()).await;
+            // Under `sidekey exec` the supervisor may have reaped it first and kept the status.
+            let waited = waited.map(|r| match r {
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::CHILD.raw_os_error()) => {
+                    pid.and_then(crate::reaper::claim).ok_or(e)
+                }
+                r => r,
+            });
+            match waited {
                 Ok(Ok(status)) if status.success() => {
                     tracing::info!(command = %program, file = %file.display(), "Change command succeeded.");
                 }

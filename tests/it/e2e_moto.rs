@@ -5,7 +5,7 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::primitives::Blob;
 use aws_sdk_ssm::types::ParameterType;
 
-use crate::support::{Moto, Sidekey, Spawn, block_on, clients, moto, unique, wait_until};
+use crate::support::{Moto, Reap, Sidekey, Spawn, block_on, clients, moto, unique, wait_until};
 
 struct Seeded {
     db: String,
@@ -521,6 +521,36 @@ fn credentials_are_checked_at_startup_when_asked() {
     );
 }
 
+/// `sidekey exec ARGS` against moto, refreshing every second.
+fn exec(m: &Moto, args: &[&str]) -> Reap {
+    Reap::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+            .arg("exec")
+            .args(args)
+            .env_clear()
+            .envs([
+                ("AWS_ENDPOINT_URL", m.url.as_str()),
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ("AWS_REGION", "us-east-1"),
+                ("SIDEKEY_CACHE__REFRESH_INTERVAL", "1s"),
+                ("SIDEKEY_CACHE__JITTER", "0"),
+                ("PATH", "/usr/bin:/bin"),
+            ]),
+    )
+}
+
+fn rotate(m: &Moto, id: &str, value: &str) {
+    let (sm, _) = clients(&m.url);
+    block_on(
+        sm.put_secret_value()
+            .secret_id(id)
+            .secret_string(value)
+            .send(),
+    )
+    .unwrap();
+}
+
 #[test]
 fn exec_restarts_the_child_when_the_secret_rotates() {
     let m = moto();
@@ -532,9 +562,9 @@ fn exec_restarts_the_child_when_the_secret_rotates() {
         log.display()
     );
     let env = format!("PW={}:password", s.db);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
-        .args([
-            "exec",
+    let child = exec(
+        m,
+        &[
             "--env",
             &env,
             "--on-change",
@@ -545,33 +575,73 @@ fn exec_restarts_the_child_when_the_secret_rotates() {
             "sh",
             "-c",
             &script,
-        ])
-        .env_clear()
-        .envs([
-            ("AWS_ENDPOINT_URL", m.url.as_str()),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_REGION", "us-east-1"),
-            ("SIDEKEY_CACHE__REFRESH_INTERVAL", "1s"),
-            ("SIDEKEY_CACHE__JITTER", "0"),
-            ("PATH", "/usr/bin:/bin"),
-        ])
-        .spawn()
-        .unwrap();
+        ],
+    );
     let lines = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until(Duration::from_secs(15), || lines() == "p2\n");
-    let (sm, _) = clients(&m.url);
-    block_on(
-        sm.put_secret_value()
-            .secret_id(&s.db)
-            .secret_string(r#"{"password":"p3"}"#)
-            .send(),
+    rotate(m, &s.db, r#"{"password":"p3"}"#);
+    wait_until(Duration::from_secs(15), || lines() == "p2\np3\n");
+    assert_eq!(child.terminate(), Some(0));
+}
+
+#[test]
+fn exec_and_templates_signal_the_child_when_the_secret_rotates() {
+    let m = moto();
+    let s = seed(&m.url);
+    let dir = tempfile::tempdir().unwrap();
+    let (log, out, cfg) = (
+        dir.path().join("log"),
+        dir.path().join("out"),
+        dir.path().join("sidekey.toml"),
+    );
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[templates]]\ncontents = '{{{{ secret(\"{}:password\") }}}}'\ndestination = {:?}\nsignal = \"HUP\"\nwait = {{ min = \"100ms\" }}\n",
+            s.db,
+            out.display().to_string()
+        ),
     )
     .unwrap();
-    wait_until(Duration::from_secs(15), || lines() == "p2\np3\n");
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    // The traps are set before the first line, so a signal never finds the default action.
+    let script = format!(
+        "trap 'echo hup >> {0}' HUP; trap 'echo usr1 >> {0}' USR1; trap 'exit 0' TERM; \
+         echo \"start $PW\" >> {0}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let env = format!("PW={}:password", s.db);
+    let child = exec(
+        m,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--env",
+            &env,
+            "--on-change",
+            "signal:USR1",
+            "--wait",
+            "100ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let lines = || {
+        let mut l: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        l.sort();
+        l
+    };
+    wait_until(Duration::from_secs(15), || lines() == ["start p2"]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "p2");
+    rotate(m, &s.db, r#"{"password":"p3"}"#);
+    wait_until(Duration::from_secs(15), || {
+        lines() == ["hup", "start p2", "usr1"]
+    });
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "p3");
+    assert_eq!(child.terminate(), Some(0), "signalled, never restarted");
 }

@@ -4,7 +4,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::server::VALUES;
-use crate::support::wait_until;
+use crate::support::{Reap, wait_until};
 
 fn sidekey_exec(dir: &tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Command {
     let values = dir.path().join("values.toml");
@@ -254,4 +254,70 @@ fn serves_the_api_and_renders_templates_alongside_the_child() {
         Some(143),
         "the child's death by SIGTERM is mirrored"
     );
+}
+
+/// The parent pid and state of a process, from /proc.
+fn ppid_and_state(pid: &str) -> Option<(u32, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    Some((fields.next()?.parse().ok()?, state))
+}
+
+#[test]
+fn orphans_are_adopted_and_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let gc = dir.path().join("gc.pid");
+    // The inner shell exits at once, orphaning its background sleep.
+    let script = format!(
+        "sh -c 'sleep 0.3 & echo $! > {}'; while :; do sleep 0.05; done",
+        gc.display()
+    );
+    let child = Reap::spawn(&mut sidekey_exec(&dir, &["--", "sh", "-c", &script], &[]));
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&gc).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let pid = std::fs::read_to_string(&gc).unwrap().trim().to_owned();
+    let (ppid, _) = ppid_and_state(&pid).expect("the orphan is still running");
+    assert_eq!(ppid, child.pid(), "sidekey adopted the orphan");
+    wait_until(Duration::from_secs(10), || ppid_and_state(&pid).is_none());
+}
+
+#[test]
+fn template_commands_keep_their_exit_status_under_exec() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, cfg) = (dir.path().join("out"), dir.path().join("sidekey.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[templates]]\ncontents = '{{{{ secret(\"app/db:password\") }}}}'\ndestination = {:?}\ncommand = [\"sh\", \"-c\", \"exit 3\"]\nwait = {{ min = \"10ms\" }}\n",
+            out.display().to_string()
+        ),
+    )
+    .unwrap();
+    let child = Reap::spawn(&mut sidekey_exec(
+        &dir,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "while :; do sleep 0.05; done",
+        ],
+        &[],
+    ));
+    wait_until(Duration::from_secs(10), || out.exists());
+    std::fs::write(
+        dir.path().join("values.toml"),
+        VALUES.replace("Pa55-w0rd-XYZZY", "rotated"),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        child.stderr().contains("Change command")
+    });
+    let err = child.stderr();
+    assert!(err.contains("exit status: 3"), "{err}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "rotated");
 }
