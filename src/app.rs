@@ -231,6 +231,7 @@ impl Running {
         tracing::info!(
             ok = report.ok,
             failed = report.failed.len(),
+            took_ms = report.took.as_millis(),
             "Prefetch finished."
         );
         self.start_templates();

@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod exec;
 pub mod lambda;
+pub mod metrics;
 pub mod reaper;
 pub mod refs;
 pub mod render;

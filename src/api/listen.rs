@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::dto;
 use super::routes::Api;
 use crate::config::{ListenConfig, UnixConfig};
+use crate::metrics::{METRICS, Route};
 
 /// Largest request head hyper buffers (WCP allows 321 KiB; 64 KiB is plenty for a GET).
 const MAX_HEAD: usize = 64 * 1024;
@@ -244,7 +245,10 @@ impl Ctx<'_> {
                 let resp = match admission {
                     Admission::Normal => api.handle(&req).await,
                     Admission::PingOnly if req.uri().path() == "/ping" => api.handle(&req).await,
-                    _ => dto::text(StatusCode::TOO_MANY_REQUESTS, "Connection limit exceeded"),
+                    _ => {
+                        METRICS.request(Route::Other, 429);
+                        dto::text(StatusCode::TOO_MANY_REQUESTS, "Connection limit exceeded")
+                    }
                 };
                 Ok::<_, Infallible>(resp)
             }

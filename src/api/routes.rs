@@ -17,6 +17,7 @@ use super::dto::{self, AwsError, NativeError, ParameterEnvelope, Resp, SecretDto
 use super::query::{self, flag};
 use crate::cache::{Cache, CacheError, Hit};
 use crate::config::ApiConfig;
+use crate::metrics::{METRICS, Route};
 use crate::refs::{self, RefKind};
 use crate::source::{ErrorKind, Fetched, Key, ParamSelector, SecretKey};
 
@@ -31,6 +32,8 @@ pub struct Api {
     strict: bool,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
+    metrics_token: bool,
+    metrics_item_labels: bool,
 }
 
 /// Which error dialect a path speaks.
@@ -68,6 +71,27 @@ impl Api {
             strict: cfg.strict_query,
             ready,
             shutdown,
+            metrics_token: cfg.metrics_token,
+            metrics_item_labels: cfg.metrics_item_labels,
+        }
+    }
+
+    /// The `route` label of a path.
+    fn route_label(&self, path: &str) -> Route {
+        match path {
+            "/secretsmanager/get" => Route::SecretsManagerGet,
+            "/systemsmanager/parameters/get" | "/systemsmanager/parameters/get/" => {
+                Route::ParametersGet
+            }
+            "/secret" => Route::Secret,
+            "/parameter" => Route::Parameter,
+            "/parameters" => Route::Parameters,
+            "/watch" => Route::Watch,
+            "/status" => Route::Status,
+            "/metrics" => Route::Metrics,
+            "/ping" | "/healthz" | "/readyz" => Route::Health,
+            p if p.starts_with(self.prefix.as_str()) => Route::PathStyle,
+            _ => Route::Other,
         }
     }
 
@@ -77,16 +101,26 @@ impl Api {
         tracing::trace!(method = %req.method(), path, "Request.");
         let family = if matches!(
             path,
-            "/secret" | "/parameter" | "/parameters" | "/watch" | "/readyz" | "/healthz"
+            "/secret"
+                | "/parameter"
+                | "/parameters"
+                | "/watch"
+                | "/readyz"
+                | "/healthz"
+                | "/status"
+                | "/metrics"
         ) {
             Family::Native
         } else {
             Family::Compat
         };
-        match self.route(req).await {
+        let route = self.route_label(path);
+        let resp = match self.route(req).await {
             Ok(resp) => resp,
             Err(r) => r.into_response(family),
-        }
+        };
+        METRICS.request(route, resp.status().as_u16());
+        resp
     }
 
     async fn route<B>(&self, req: &Request<B>) -> Result<Resp, Reject> {
@@ -103,6 +137,7 @@ impl Api {
         match (path, get) {
             ("/ping", true) => return Ok(dto::text(StatusCode::OK, "healthy")),
             ("/healthz", true) => return Ok(status_body(StatusCode::OK, "ok")),
+            ("/metrics", true) if !self.metrics_token => return Ok(self.metrics()),
             ("/ping" | "/healthz", false) => return Err(Reject::method()),
             _ => {}
         }
@@ -129,6 +164,8 @@ impl Api {
             "/parameter" => self.native_parameter(query).await,
             "/parameters" => self.native_path(query).await,
             "/watch" => self.watch(req, query).await,
+            "/status" => self.status().await,
+            "/metrics" => Ok(self.metrics()),
             "/readyz" if self.ready.load(Ordering::Acquire) => {
                 Ok(status_body(StatusCode::OK, "ready"))
             }
@@ -378,6 +415,14 @@ impl Reject {
         )
     }
 
+    fn stopping() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "sidekey is shutting down",
+        )
+    }
+
     fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -401,6 +446,7 @@ impl Reject {
 }
 
 mod native;
+mod status;
 #[cfg(test)]
 mod tests;
 mod watch;

@@ -7,6 +7,7 @@
 //! concurrent misses cost one backend call. Fetches run as tasks; their results come back to the
 //! scheduler, which swaps a new map into the store and only then answers the waiters.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::METRICS;
 use crate::source::{Key, SharedSource, SourceError};
 
 pub mod backoff;
@@ -80,6 +82,8 @@ pub struct PrefetchReport {
     pub ok: usize,
     /// Keys that failed, with their errors.
     pub failed: Vec<(Key, SourceError)>,
+    /// How long it took (set by [`Cache::configure`]).
+    pub took: Duration,
 }
 
 /// Why a read failed.
@@ -117,6 +121,20 @@ enum Command {
     },
     RefreshDue,
     RefreshAll,
+    Plan {
+        reply: oneshot::Sender<HashMap<Arc<Key>, Planned>>,
+    },
+}
+
+/// The scheduler's plan for one scheduled key (for `/status`).
+#[derive(Clone, Copy, Debug)]
+pub struct Planned {
+    /// When it is refreshed next.
+    pub next_refresh: Instant,
+    /// Its refresh interval.
+    pub interval: Duration,
+    /// The secret's next scheduled rotation, when known.
+    pub next_rotation: Option<Instant>,
 }
 
 // === Cache ===
@@ -151,8 +169,10 @@ impl Cache {
     pub async fn get(&self, key: &Key, force: bool) -> Result<Hit, CacheError> {
         let now = Instant::now();
         if !force && let Some(e) = self.store.get(key).filter(|e| e.is_fresh(now)) {
+            METRICS.hit();
             return self.hit(e, now);
         }
+        METRICS.miss();
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Get {
             key: key.clone(),
@@ -174,8 +194,12 @@ impl Cache {
     pub async fn configure(&self, targets: Vec<Target>) -> Result<PrefetchReport, CacheError> {
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Configure { targets, reply };
+        let started = Instant::now();
         self.tx.send(cmd).await.map_err(|_| CacheError::Stopped)?;
-        rx.await.map_err(|_| CacheError::Stopped)
+        let mut report = rx.await.map_err(|_| CacheError::Stopped)?;
+        report.took = started.elapsed();
+        METRICS.prefetch(report.took);
+        Ok(report)
     }
 
     /// Adds targets that later `configure` calls keep (keys templates reference); waits until
@@ -205,6 +229,14 @@ impl Cache {
             .map_err(|_| CacheError::Stopped)
     }
 
+    /// Every scheduled key's next refresh.
+    pub async fn plan(&self) -> Result<HashMap<Arc<Key>, Planned>, CacheError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Plan { reply };
+        self.tx.send(cmd).await.map_err(|_| CacheError::Stopped)?;
+        rx.await.map_err(|_| CacheError::Stopped)
+    }
+
     fn hit(&self, entry: Arc<Entry>, now: Instant) -> Result<Hit, CacheError> {
         let Some(failure) = &entry.failure else {
             return Ok(Hit {
@@ -222,6 +254,7 @@ impl Cache {
                 error: failure.error.clone(),
             });
         }
+        METRICS.stale();
         Ok(Hit { entry, stale: true })
     }
 }

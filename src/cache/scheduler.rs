@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::jittered;
 use super::store::{Entry, Failure, Map, Origin, Store};
-use super::{Command, PrefetchReport, Settings, Target};
+use super::{Command, Planned, PrefetchReport, Settings, Target};
+use crate::metrics::METRICS;
 use crate::source::{ErrorKind, Fetched, Key, SharedSource, SourceError};
 
 type Waiter = oneshot::Sender<Result<Arc<Entry>, SourceError>>;
@@ -55,7 +56,13 @@ struct Schedule {
     interval: Duration,
     deadline: Instant,
     failures: u32,
+    /// The secret's next scheduled rotation, as DescribeSecret last reported it.
+    rotation: Option<Instant>,
 }
+
+/// A refresh for a rotation runs this long after the rotation date, plus up to as much again
+/// of jitter: the rotation function has run by then, and a fleet does not ask at once.
+pub(super) const ROTATION_LAG: Duration = Duration::from_secs(15);
 
 /// A recent retryable failure of a key with nothing to serve stale.
 struct Negative {
@@ -68,11 +75,26 @@ struct PrefetchWait {
     remaining: HashSet<Arc<Key>>,
     report: PrefetchReport,
     reply: oneshot::Sender<PrefetchReport>,
+    /// Keys to settle and keys settled, by kind (secrets, parameters, paths), for progress.
+    total: [usize; 3],
+    settled: [usize; 3],
+    /// Whether the batch being applied settled some of its keys.
+    moved: bool,
+}
+
+fn kind_index(key: &Key) -> usize {
+    match key {
+        Key::Secret(_) => 0,
+        Key::Parameter(_) => 1,
+        Key::Path(_) => 2,
+    }
 }
 
 struct Done {
     keys: Vec<Arc<Key>>,
     outcomes: Vec<Outcome>,
+    /// Next rotation dates learned while revalidating, parallel to `keys`.
+    rotations: Vec<Option<std::time::SystemTime>>,
 }
 
 enum Outcome {
@@ -146,6 +168,21 @@ impl Scheduler {
             Command::Pin { targets, reply } => self.pin(targets, reply),
             // The loop re-checks deadlines after every command; nothing else to do.
             Command::RefreshDue => {}
+            Command::Plan { reply } => {
+                let plan = self
+                    .scheduled
+                    .iter()
+                    .map(|(k, s)| {
+                        let planned = Planned {
+                            next_refresh: s.deadline,
+                            interval: s.interval,
+                            next_rotation: s.rotation,
+                        };
+                        (k.clone(), planned)
+                    })
+                    .collect();
+                let _ = reply.send(plan);
+            }
             Command::RefreshAll => {
                 let cached = self.store.snapshot();
                 let children: HashSet<Arc<Key>> = cached
@@ -247,15 +284,23 @@ impl Scheduler {
                     interval,
                     deadline: now,
                     failures: 0,
+                    rotation: None,
                 },
             );
             remaining.insert(key.clone());
             self.request(key, true, None);
         }
+        let mut total = [0; 3];
+        for key in &remaining {
+            total[kind_index(key)] += 1;
+        }
         let wait = PrefetchWait {
             remaining,
             report: PrefetchReport::default(),
             reply,
+            total,
+            settled: [0; 3],
+            moved: false,
         };
         if wait.remaining.is_empty() {
             let _ = wait.reply.send(wait.report);
@@ -309,7 +354,12 @@ impl Scheduler {
         tracing::error!(keys = keys.len(), "A fetch task failed unexpectedly.");
         let err = SourceError::new(ErrorKind::Transient, "InternalFailure", "fetch task failed");
         let outcomes = keys.iter().map(|_| Outcome::Failed(err.clone())).collect();
-        self.on_done(Done { keys, outcomes });
+        let rotations = keys.iter().map(|_| None).collect();
+        self.on_done(Done {
+            keys,
+            outcomes,
+            rotations,
+        });
     }
 
     fn on_done(&mut self, done: Done) {
@@ -318,9 +368,16 @@ impl Scheduler {
         self.bumped = false;
         let mut map = (*self.store.snapshot()).clone();
         let mut replies = Vec::with_capacity(done.keys.len());
-        for (key, outcome) in done.keys.into_iter().zip(done.outcomes) {
+        let wall = std::time::SystemTime::now();
+        for ((key, outcome), rotation) in
+            done.keys.into_iter().zip(done.outcomes).zip(done.rotations)
+        {
             let result = self.apply(&mut map, &key, outcome, now);
-            self.reschedule(&key, result.as_ref().err(), now);
+            // Wall-clock rotation date → scheduler time; a date already past is no plan.
+            let rotation = rotation
+                .and_then(|at| at.duration_since(wall).ok())
+                .map(|d| now + d);
+            self.reschedule(&key, result.as_ref().err(), rotation, now);
             self.settle_prefetch(&key, result.as_ref().err());
             replies.push((key, result));
         }
@@ -467,10 +524,19 @@ impl Scheduler {
         self.next_generation
     }
 
-    fn reschedule(&mut self, key: &Arc<Key>, error: Option<&SourceError>, now: Instant) {
+    fn reschedule(
+        &mut self,
+        key: &Arc<Key>,
+        error: Option<&SourceError>,
+        rotation: Option<Instant>,
+        now: Instant,
+    ) {
         let Some(s) = self.scheduled.get_mut(key) else {
             return;
         };
+        if rotation.is_some() {
+            s.rotation = rotation;
+        }
         self.queue.remove(&(s.deadline, key.clone()));
         let delay = match error {
             None => {
@@ -490,6 +556,11 @@ impl Scheduler {
             }
         };
         s.deadline = now + delay;
+        // Fresh within seconds of a scheduled rotation, without polling faster.
+        if let Some(at) = s.rotation.filter(|at| *at > now) {
+            let lag = ROTATION_LAG.mul_f64(1.0 + fastrand::f64());
+            s.deadline = s.deadline.min(at + lag);
+        }
         self.queue.insert((s.deadline, key.clone()));
     }
 
@@ -497,6 +568,8 @@ impl Scheduler {
     fn settle_prefetch(&mut self, key: &Arc<Key>, error: Option<&SourceError>) {
         for w in &mut self.prefetches {
             if w.remaining.remove(key) {
+                w.settled[kind_index(key)] += 1;
+                w.moved = true;
                 match error {
                     None => w.report.ok += 1,
                     Some(e) => w.report.failed.push(((**key).clone(), e.clone())),
@@ -508,6 +581,20 @@ impl Scheduler {
     /// Answers finished prefetches. Called only after the store holds their values, so a
     /// caller that reads the store right after `configure`/`pin` returns sees them.
     fn answer_prefetches(&mut self) {
+        for w in self.prefetches.iter_mut().filter(|w| w.moved) {
+            w.moved = false;
+            let progress: Vec<String> = ["secrets", "parameters", "paths"]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| w.total[*i] > 0)
+                .map(|(i, kind)| format!("{}/{} {kind}", w.settled[i], w.total[i]))
+                .collect();
+            tracing::info!(
+                failed = w.report.failed.len(),
+                "Prefetch progress: {}.",
+                progress.join(", ")
+            );
+        }
         let (finished, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.prefetches)
             .into_iter()
             .partition(|w| w.remaining.is_empty());
@@ -538,18 +625,22 @@ impl Scheduler {
 /// Fetches a batch: secrets with a cached version are revalidated first (DescribeSecret) and
 /// re-read only when their version moved; everything else is fetched in one source call.
 async fn fetch_batch(source: SharedSource, jobs: Vec<(Arc<Key>, Option<String>)>) -> Done {
+    let started = Instant::now();
     let mut outcomes: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
     let mut checks = JoinSet::new();
     for (i, (key, version)) in jobs.iter().enumerate() {
         if let (Key::Secret(sk), Some(v)) = (&**key, version) {
             let (source, sk, v) = (source.clone(), sk.clone(), v.clone());
-            checks.spawn(async move { (i, source.secret_unchanged(&sk, &v).await) });
+            checks.spawn(async move { (i, source.revalidate(&sk, &v).await) });
         }
     }
+    let mut rotations: Vec<_> = jobs.iter().map(|_| None).collect();
     while let Some(Ok((i, result))) = checks.join_next().await {
         outcomes[i] = match result {
-            Ok(true) => Some(Outcome::Unchanged),
-            Ok(false) => None,
+            Ok(r) => {
+                rotations[i] = r.next_rotation;
+                r.unchanged.then_some(Outcome::Unchanged)
+            }
             Err(e) => Some(Outcome::Failed(e)),
         };
     }
@@ -571,12 +662,14 @@ async fn fetch_batch(source: SharedSource, jobs: Vec<(Arc<Key>, Option<String>)>
             "no result",
         ))
     };
+    METRICS.refresh(started.elapsed());
     Done {
         keys: jobs.into_iter().map(|(k, _)| k).collect(),
         outcomes: outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(missing))
             .collect(),
+        rotations,
     }
 }
 

@@ -395,3 +395,31 @@ async fn refresh_all_refetches_scheduled_and_on_demand_keys_in_one_batch() {
     assert_eq!(h.text(&secret("b")).await.unwrap().0, "2");
     assert_eq!(h.text(&param("/p/x")).await.unwrap().0, "2");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_scheduled_rotation_is_picked_up_within_seconds_without_faster_polling() {
+    let h = Harness::new(settings());
+    let hour = Duration::from_secs(3600);
+    h.fake.put_secret("db", "before");
+    // Rotates 90 min from now; the refresh interval is an hour.
+    let rotates = tokio::time::Instant::now() + hour + 30 * MIN;
+    h.fake.set_next_rotation("db", rotates);
+    let t = |key| Target {
+        key,
+        interval: hour,
+    };
+    h.cache.configure(vec![t(secret("db"))]).await.unwrap();
+    // The first hourly revalidation learns the rotation date.
+    sleep(hour + Duration::from_secs(1)).await;
+    assert_eq!(h.calls().describes, 1);
+    // The rotation happens on time; sidekey reads it within seconds, not at the next hour.
+    sleep(30 * MIN - Duration::from_secs(1)).await;
+    h.fake.put_secret("db", "after");
+    assert_eq!(h.text(&secret("db")).await.unwrap().0, "before");
+    sleep(2 * scheduler::ROTATION_LAG).await;
+    assert_eq!(h.text(&secret("db")).await.unwrap().0, "after");
+    assert_eq!(h.calls().describes, 2, "one extra check, at the rotation");
+    // Then back to the hourly rhythm.
+    sleep(hour - 2 * scheduler::ROTATION_LAG - MIN).await;
+    assert_eq!(h.calls().describes, 2);
+}

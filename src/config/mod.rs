@@ -106,6 +106,10 @@ pub struct ApiConfig {
     pub path_prefix: String,
     /// Reject unknown query parameters on compatible routes.
     pub strict_query: bool,
+    /// `/metrics` needs the token.
+    pub metrics_token: bool,
+    /// `/metrics` labels per-item ages with ids.
+    pub metrics_item_labels: bool,
 }
 
 /// Authentication settings.

@@ -70,6 +70,11 @@ pub struct RawApi {
     pub path_prefix: String,
     /// Reject unknown query parameters on compatible routes (WCP parity).
     pub strict_query: bool,
+    /// `/metrics` asks for the token like every other route (scrapers send it as a header).
+    pub metrics_token: bool,
+    /// `/metrics` adds one age gauge per cached item, labelled with its id (ids may be
+    /// sensitive: off by default).
+    pub metrics_item_labels: bool,
 }
 
 /// `[auth]`.
@@ -339,6 +344,8 @@ impl Default for RawApi {
         Self {
             path_prefix: "/v1/".into(),
             strict_query: false,
+            metrics_token: true,
+            metrics_item_labels: false,
         }
     }
 }

@@ -178,6 +178,8 @@ fn api(raw: &RawConfig, c: &Check<'_>) -> Result<ApiConfig, ConfigError> {
     Ok(ApiConfig {
         path_prefix,
         strict_query: raw.api.strict_query,
+        metrics_token: raw.api.metrics_token,
+        metrics_item_labels: raw.api.metrics_item_labels,
     })
 }
 

@@ -19,6 +19,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Cache, Target};
+use crate::metrics::METRICS;
 use crate::source::Key;
 
 pub mod output;
@@ -126,7 +127,11 @@ impl Renderer {
             if missing.is_empty() {
                 let mut written = 0;
                 for (spec, out) in self.specs.iter().zip(outputs) {
-                    written += usize::from(spec.destination.write(out.as_bytes())?);
+                    let wrote = spec.destination.write(out.as_bytes());
+                    if !matches!(wrote, Ok(false)) {
+                        METRICS.render(wrote.is_ok());
+                    }
+                    written += usize::from(wrote?);
                 }
                 return Ok(written);
             }
@@ -218,11 +223,15 @@ impl Renderer {
             });
             match written {
                 Ok(true) => {
+                    METRICS.render(true);
                     tracing::info!(file = %spec.destination.path.display(), "Rendered.");
                     *slot = Some(debounce(*slot, now, spec.wait_min, spec.wait_max));
                 }
                 Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "Render failed; keeping the previous file."),
+                Err(e) => {
+                    METRICS.render(false);
+                    tracing::error!(error = %e, "Render failed; keeping the previous file.");
+                }
             }
         }
     }

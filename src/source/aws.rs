@@ -15,11 +15,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{
-    ErrorKind, FetchResult, Key, ParamKey, SecretKey, Source, SourceError, SourceFuture, Timestamp,
+    ErrorKind, FetchResult, Key, ParamKey, Revalidation, SecretKey, Source, SourceError,
+    SourceFuture, Timestamp,
 };
 use crate::config::{AwsConfig, RetryMode};
 use ssm::batchable_param;
 
+mod metered;
 mod secretsmanager;
 mod ssm;
 
@@ -43,11 +45,12 @@ impl AwsSource {
     /// Builds the clients from the SDK default chain plus `cfg` overrides. Makes no AWS call.
     pub async fn new(cfg: &AwsConfig) -> Self {
         let shared = shared_config(cfg).await;
-        let mut sm = aws_sdk_secretsmanager::config::Builder::from(&shared);
+        let mut sm =
+            aws_sdk_secretsmanager::config::Builder::from(&shared).interceptor(metered::Metered);
         if let Some(t) = cfg.secrets_manager_timeout {
             sm = sm.timeout_config(timeouts(cfg).operation_timeout(t).build());
         }
-        let mut ssm = aws_sdk_ssm::config::Builder::from(&shared);
+        let mut ssm = aws_sdk_ssm::config::Builder::from(&shared).interceptor(metered::Metered);
         if let Some(t) = cfg.ssm_timeout {
             ssm = ssm.timeout_config(timeouts(cfg).operation_timeout(t).build());
         }
@@ -63,7 +66,8 @@ impl AwsSource {
     /// Checks the credentials with STS GetCallerIdentity (no permission needed).
     pub async fn validate_credentials(cfg: &AwsConfig) -> Result<(), SourceError> {
         let shared = shared_config(cfg).await;
-        aws_sdk_sts::Client::new(&shared)
+        let sts = aws_sdk_sts::config::Builder::from(&shared).interceptor(metered::Metered);
+        aws_sdk_sts::Client::from_conf(sts.build())
             .get_caller_identity()
             .send()
             .await
@@ -81,11 +85,11 @@ impl Source for AwsSource {
         })
     }
 
-    fn secret_unchanged<'a>(
+    fn revalidate<'a>(
         &'a self,
         key: &'a SecretKey,
         version_id: &'a str,
-    ) -> SourceFuture<'a, Result<bool, SourceError>> {
+    ) -> SourceFuture<'a, Result<Revalidation, SourceError>> {
         Box::pin(self.describe(key, version_id))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::memory::{Catalog, PayloadData};
-use super::{FetchResult, Key, SecretKey, Source, SourceError, SourceFuture};
+use super::{FetchResult, Key, Revalidation, SecretKey, Source, SourceError, SourceFuture};
 
 /// The fake. All knobs take `&self` so tests can share it behind an `Arc`.
 #[derive(Default)]
@@ -17,6 +17,7 @@ pub struct FakeSource {
     fetch_calls: AtomicUsize,
     keys_fetched: AtomicUsize,
     describe_calls: AtomicUsize,
+    rotations: Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
 }
 
 /// Call counters, read with [`FakeSource::calls`].
@@ -71,6 +72,12 @@ impl FakeSource {
         self.catalog().delete_parameter(name);
     }
 
+    /// Reports `at` as the secret's next rotation date (rotation enabled). In tokio time, so
+    /// paused-time tests agree with it; answers convert it to a wall-clock date.
+    pub fn set_next_rotation(&self, name: &str, at: tokio::time::Instant) {
+        lock(&self.rotations).insert(name.to_owned(), at);
+    }
+
     /// Makes every call fail with `error` (or succeed again with `None`).
     pub fn fail_with(&self, error: Option<SourceError>) {
         *lock(&self.failure) = error;
@@ -119,15 +126,23 @@ impl Source for FakeSource {
         })
     }
 
-    fn secret_unchanged<'a>(
+    fn revalidate<'a>(
         &'a self,
         key: &'a SecretKey,
         version_id: &'a str,
-    ) -> SourceFuture<'a, Result<bool, SourceError>> {
+    ) -> SourceFuture<'a, Result<Revalidation, SourceError>> {
         self.describe_calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             self.delay().await?;
-            self.catalog().secret_unchanged(key, version_id)
+            let unchanged = self.catalog().secret_unchanged(key, version_id)?;
+            let next_rotation = lock(&self.rotations).get(&key.id).map(|at| {
+                let ahead = at.saturating_duration_since(tokio::time::Instant::now());
+                std::time::SystemTime::now() + ahead
+            });
+            Ok(Revalidation {
+                unchanged,
+                next_rotation,
+            })
         })
     }
 }

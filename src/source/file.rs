@@ -11,7 +11,9 @@ use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde::Deserialize;
 
 use super::memory::{Catalog, PayloadData, SecretVersion};
-use super::{ErrorKind, FetchResult, Key, SecretKey, Source, SourceError, SourceFuture};
+use super::{
+    ErrorKind, FetchResult, Key, Revalidation, SecretKey, Source, SourceError, SourceFuture,
+};
 
 /// Serves values from a file.
 pub struct FileSource {
@@ -133,12 +135,18 @@ impl Source for FileSource {
         })
     }
 
-    fn secret_unchanged<'a>(
+    fn revalidate<'a>(
         &'a self,
         key: &'a SecretKey,
         version_id: &'a str,
-    ) -> SourceFuture<'a, Result<bool, SourceError>> {
-        Box::pin(async move { self.catalog()?.secret_unchanged(key, version_id) })
+    ) -> SourceFuture<'a, Result<Revalidation, SourceError>> {
+        Box::pin(async move {
+            let unchanged = self.catalog()?.secret_unchanged(key, version_id)?;
+            Ok(Revalidation {
+                unchanged,
+                next_rotation: None,
+            })
+        })
     }
 }
 
@@ -274,9 +282,10 @@ stages = ["AWSCURRENT"]
         assert_eq!(text(&got[1]), "[0, 1, 2]");
         assert_eq!(text(&got[2]), "v1");
         assert!(
-            src.secret_unchanged(&SecretKey::current("demo/rotated"), "new")
+            src.revalidate(&SecretKey::current("demo/rotated"), "new")
                 .await
                 .unwrap()
+                .unchanged
         );
 
         let Key::Secret(db) = &keys[0] else {
@@ -285,10 +294,10 @@ stages = ["AWSCURRENT"]
         let Ok(Fetched::Secret(old)) = &got[0] else {
             panic!("no secret")
         };
-        assert!(src.secret_unchanged(db, &old.version_id).await.unwrap());
+        assert!(src.revalidate(db, &old.version_id).await.unwrap().unchanged);
         std::fs::write(&path, "[secrets]\n\"demo/db\" = 'changed!'\n").unwrap();
         assert!(
-            !src.secret_unchanged(db, &old.version_id).await.unwrap(),
+            !src.revalidate(db, &old.version_id).await.unwrap().unchanged,
             "an edit is a new version"
         );
         let got = src.fetch(&keys[..1]).await;

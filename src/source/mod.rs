@@ -25,13 +25,23 @@ pub trait Source: Send + Sync + 'static {
     /// Fetches every key; the result vector is parallel to `keys`.
     fn fetch<'a>(&'a self, keys: &'a [Key]) -> SourceFuture<'a, Vec<FetchResult>>;
 
-    /// Cheap change check for a cached secret: `Ok(true)` when the version the key selects is
-    /// still `version_id`, so the cached value can be kept without re-reading it.
-    fn secret_unchanged<'a>(
+    /// Cheap change check for a cached secret (DescribeSecret): whether the version the key
+    /// selects is still `version_id`, so the cached value can be kept without re-reading it,
+    /// and when the secret next rotates.
+    fn revalidate<'a>(
         &'a self,
         key: &'a SecretKey,
         version_id: &'a str,
-    ) -> SourceFuture<'a, Result<bool, SourceError>>;
+    ) -> SourceFuture<'a, Result<Revalidation, SourceError>>;
+}
+
+/// What a revalidation learned about a cached secret.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Revalidation {
+    /// The key still selects the cached version.
+    pub unchanged: bool,
+    /// The secret's next scheduled rotation, when rotation is enabled.
+    pub next_rotation: Option<std::time::SystemTime>,
 }
 
 /// A shared, dynamically chosen source.
@@ -199,6 +209,21 @@ impl Key {
             Key::Secret(_) => "secret",
             Key::Parameter(_) => "parameter",
             Key::Path(_) => "path",
+        }
+    }
+}
+
+impl Key {
+    /// The id as a client names it, without the kind: secret id (with its selector),
+    /// parameter name (with `:version` or `:label`), or path.
+    pub fn name(&self) -> String {
+        match self {
+            Key::Path(p) => p.path.clone(),
+            _ => {
+                let shown = self.to_string();
+                let kind_len = self.kind().len() + 1;
+                shown.get(kind_len..).unwrap_or_default().to_owned()
+            }
         }
     }
 }

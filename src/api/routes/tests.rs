@@ -54,6 +54,8 @@ fn setup(strict: bool) -> T {
     let cfg = ApiConfig {
         path_prefix: "/v1/".into(),
         strict_query: strict,
+        metrics_token: true,
+        metrics_item_labels: strict,
     };
     let api = Api::new(
         cache,
@@ -432,4 +434,52 @@ async fn watch_answers_versions_then_long_polls_for_changes() {
         let (s, b) = t.get(uri).await;
         assert_eq!((s, json(&b)["code"].as_str()), (400, Some(code)), "{uri}");
     }
+}
+
+#[tokio::test]
+async fn status_lists_items_and_metrics_count_requests_without_values() {
+    let t = setup(false);
+    let targets = vec![crate::cache::Target {
+        key: Key::Secret(SecretKey::current("db")),
+        interval: Duration::from_secs(300),
+    }];
+    t.api.cache.configure(targets).await.unwrap();
+    assert_eq!(t.get("/parameter?name=/app/url").await.0, 200);
+    let (s, body) = t.get("/status").await;
+    assert_eq!(s, 200);
+    let status = json(&body);
+    assert_eq!(status["ready"], true);
+    let items = status["items"].as_array().unwrap();
+    let db = items.iter().find(|i| i["id"] == "db").unwrap();
+    assert_eq!(db["kind"], "secret");
+    assert_eq!(db["origin"], "prefetch");
+    assert_eq!(db["interval_seconds"], 300);
+    assert!(db["next_refresh_seconds"].as_u64().unwrap() <= 300);
+    assert!(db["version"].is_string());
+    let url = items.iter().find(|i| i["id"] == "/app/url").unwrap();
+    assert_eq!(url["origin"], "on_demand");
+    assert!(url["expires_in_seconds"].as_u64().is_some());
+    assert!(url.get("next_refresh_seconds").is_none());
+    let (s, _, _) = t.call("GET", "/metrics", &[]).await;
+    assert_eq!(s, 403, "the token guards metrics by default");
+    let (s, text) = t.get("/metrics").await;
+    assert_eq!(s, 200);
+    assert!(text.contains("sidekey_requests_total{route=\"status\",status=\"200\"}"));
+    assert!(text.contains("sidekey_cache_items{origin=\"prefetch\"} 1"));
+    assert!(
+        !text.contains("sidekey_item_age_seconds"),
+        "ids only when opted in"
+    );
+    for (body, what) in [(&body, "status"), (&text, "metrics")] {
+        for value in ["hunter2", "https://x", "admin"] {
+            assert!(!body.contains(value), "{what} leaks {value}");
+        }
+    }
+    let strict = setup(true);
+    strict.get("/secret?id=db").await;
+    let (_, text) = strict.get("/metrics").await;
+    assert!(
+        text.contains("sidekey_item_age_seconds{kind=\"secret\",id=\"db\"}"),
+        "{text}"
+    );
 }

@@ -9,7 +9,7 @@ use secrecy::{SecretBox, SecretString};
 
 use super::{AwsSource, classify, classify_code, timestamp};
 use crate::source::{
-    ErrorKind, FetchResult, Fetched, Payload, SecretKey, SecretValue, SourceError,
+    ErrorKind, FetchResult, Fetched, Payload, Revalidation, SecretKey, SecretValue, SourceError,
 };
 
 impl AwsSource {
@@ -97,7 +97,7 @@ impl AwsSource {
         &self,
         key: &SecretKey,
         version_id: &str,
-    ) -> Result<bool, SourceError> {
+    ) -> Result<Revalidation, SourceError> {
         let _slot = self.sm_slots.acquire().await;
         let out = self
             .sm
@@ -106,10 +106,17 @@ impl AwsSource {
             .send()
             .await
             .map_err(|e| classify(&e))?;
+        let next_rotation = out
+            .next_rotation_date()
+            .filter(|_| out.rotation_enabled() == Some(true))
+            .and_then(|d| std::time::SystemTime::try_from(*d).ok());
         let Some(map) = out.version_ids_to_stages() else {
-            return Ok(false);
+            return Ok(Revalidation {
+                unchanged: false,
+                next_rotation,
+            });
         };
-        Ok(match (&key.version_id, &key.version_stage) {
+        let unchanged = match (&key.version_id, &key.version_stage) {
             (Some(id), stage) => {
                 id == version_id
                     && map
@@ -121,6 +128,10 @@ impl AwsSource {
                 map.get(version_id)
                     .is_some_and(|stages| stages.iter().any(|s| s == stage))
             }
+        };
+        Ok(Revalidation {
+            unchanged,
+            next_rotation,
         })
     }
 }

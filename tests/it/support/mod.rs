@@ -255,6 +255,16 @@ impl Sidekey {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// AWS call attempts of `operation` so far (all outcomes), from `/metrics`.
+    pub fn aws_calls(&self, operation: &str) -> u64 {
+        let text = self.get("/metrics").body;
+        let label = format!("operation=\"{operation}\"");
+        text.lines()
+            .filter(|l| l.starts_with("sidekey_aws_calls_total{") && l.contains(&label))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
     /// Sends a signal by name (`HUP`, `TERM`, …).
     pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")
