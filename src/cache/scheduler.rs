@@ -56,6 +56,8 @@ struct Schedule {
     interval: Duration,
     deadline: Instant,
     failures: u32,
+    /// Fetched successfully at least once.
+    confirmed: bool,
     /// The secret's next scheduled rotation, as DescribeSecret last reported it.
     rotation: Option<Instant>,
 }
@@ -242,9 +244,14 @@ impl Scheduler {
                 if let Some(s) = self.scheduled.remove(&key) {
                     self.queue.remove(&(s.deadline, key.clone()));
                 }
+                // No longer anybody's to wait for (it may have been waiting out throttling).
+                for w in &mut self.prefetches {
+                    w.remaining.remove(&key);
+                }
                 remove_with_children(&mut map, &key);
             }
             self.store.replace(map);
+            self.answer_prefetches();
         }
         self.schedule(wanted, reply);
     }
@@ -284,6 +291,7 @@ impl Scheduler {
                     interval,
                     deadline: now,
                     failures: 0,
+                    confirmed: false,
                     rotation: None,
                 },
             );
@@ -369,6 +377,9 @@ impl Scheduler {
         let mut map = (*self.store.snapshot()).clone();
         let mut replies = Vec::with_capacity(done.keys.len());
         let wall = std::time::SystemTime::now();
+        // One jitter draw per batch: keys fetched together stay together, so they are
+        // refreshed in one batch again instead of drifting into many small ones.
+        let unit = fastrand::f64();
         for ((key, outcome), rotation) in
             done.keys.into_iter().zip(done.outcomes).zip(done.rotations)
         {
@@ -377,7 +388,7 @@ impl Scheduler {
             let rotation = rotation
                 .and_then(|at| at.duration_since(wall).ok())
                 .map(|d| now + d);
-            self.reschedule(&key, result.as_ref().err(), rotation, now);
+            self.reschedule(&key, result.as_ref().err(), rotation, now, unit);
             self.settle_prefetch(&key, result.as_ref().err());
             replies.push((key, result));
         }
@@ -530,6 +541,7 @@ impl Scheduler {
         error: Option<&SourceError>,
         rotation: Option<Instant>,
         now: Instant,
+        unit: f64,
     ) {
         let Some(s) = self.scheduled.get_mut(key) else {
             return;
@@ -538,20 +550,29 @@ impl Scheduler {
             s.rotation = rotation;
         }
         self.queue.remove(&(s.deadline, key.clone()));
+        let jitter = self.settings.jitter;
         let delay = match error {
             None => {
                 s.failures = 0;
-                jittered(s.interval, self.settings.jitter, fastrand::f64())
+                // The first refresh is spread over the whole interval, so sidecars started
+                // together (a deploy, a restart) do not stay in lock-step.
+                let spread = if s.confirmed || jitter == 0.0 {
+                    jitter
+                } else {
+                    1.0
+                };
+                s.confirmed = true;
+                jittered(s.interval, spread, unit)
             }
             Some(e) => {
                 s.failures = s.failures.saturating_add(1);
                 if e.kind.retryable() {
                     self.settings
                         .backoff
-                        .delay(s.failures, fastrand::f64())
+                        .delay(s.failures, unit)
                         .min(s.interval)
                 } else {
-                    jittered(s.interval, self.settings.jitter, fastrand::f64())
+                    jittered(s.interval, jitter, unit)
                 }
             }
         };
@@ -565,7 +586,13 @@ impl Scheduler {
     }
 
     /// Records a key's outcome in every prefetch waiting for it.
+    /// A throttled key stays pending: it is retried on its backoff, and a prefetch that gave up
+    /// on it would start a sidecar without values only because its fleet started together.
     fn settle_prefetch(&mut self, key: &Arc<Key>, error: Option<&SourceError>) {
+        if error.is_some_and(|e| e.kind == ErrorKind::Throttled) && self.scheduled.contains_key(key)
+        {
+            return;
+        }
         for w in &mut self.prefetches {
             if w.remaining.remove(key) {
                 w.settled[kind_index(key)] += 1;

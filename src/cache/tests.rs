@@ -423,3 +423,22 @@ async fn a_scheduled_rotation_is_picked_up_within_seconds_without_faster_polling
     sleep(hour - 2 * scheduler::ROTATION_LAG - MIN).await;
     assert_eq!(h.calls().describes, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_prefetch_waits_for_its_retry_instead_of_starting_empty() {
+    let h = Harness::new(settings());
+    h.fake.put_secret("db", "v");
+    h.fake.fail_with(Some(
+        SourceError::new(ErrorKind::Throttled, "ThrottlingException", "Rate exceeded")
+            .with_status(400),
+    ));
+    let cache = h.cache.clone();
+    let prefetch = tokio::spawn(async move { cache.configure(vec![target(secret("db"))]).await });
+    sleep(Duration::from_secs(10)).await;
+    assert!(!prefetch.is_finished(), "still waiting out the throttling");
+    assert!(h.calls().fetches > 2, "retried on backoff");
+    h.fake.fail_with(None);
+    let report = prefetch.await.unwrap().unwrap();
+    assert_eq!((report.ok, report.failed.len()), (1, 0));
+    assert_eq!(h.text(&secret("db")).await.unwrap().0, "v");
+}
