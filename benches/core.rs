@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sidekey::cache::{Backoff, Cache, Settings, Target};
+use sidekey::cache::{Cache, Settings, Target};
 use sidekey::refs::{RefKind, parse};
 use sidekey::render::template::{Syntax, render};
 use sidekey::source::fake::FakeSource;
@@ -20,19 +20,12 @@ use tokio_util::task::TaskTracker;
 
 const ITEMS: usize = 1000;
 
+/// sidekey's defaults, without jitter or batch window (every item is prefetched at once).
 fn settings() -> Settings {
     Settings {
-        secrets_ttl: Duration::from_secs(300),
-        parameters_ttl: Duration::from_secs(300),
-        max_entries: 1000,
-        serve_stale: true,
-        max_stale: Duration::from_secs(3600),
         jitter: 0.0,
-        backoff: Backoff {
-            min: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        },
         batch_window: Duration::ZERO,
+        ..Settings::default()
     }
 }
 

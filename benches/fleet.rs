@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sidekey::cache::{Backoff, Cache, Settings, Target};
+use sidekey::cache::{Cache, Settings, Target};
 use sidekey::source::fake::FakeSource;
 use sidekey::source::{
     ErrorKind, FetchResult, Key, ParamKey, Revalidation, SecretKey, Source, SourceError,
@@ -109,23 +109,6 @@ impl Source for Quota {
     }
 }
 
-fn settings() -> Settings {
-    // sidekey's defaults.
-    Settings {
-        secrets_ttl: Duration::from_secs(300),
-        parameters_ttl: Duration::from_secs(300),
-        max_entries: 1000,
-        serve_stale: true,
-        max_stale: Duration::from_secs(6 * 3600),
-        jitter: 0.1,
-        backoff: Backoff {
-            min: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-        },
-        batch_window: Duration::from_secs(5),
-    }
-}
-
 fn name(i: usize) -> String {
     format!("/app/config/p{i:03}")
 }
@@ -190,7 +173,7 @@ async fn simulate(a: &Args, simultaneous: bool) -> Outcome {
         let params = a.params;
         tracker.spawn(async move {
             tokio::time::sleep(start).await;
-            let cache = Cache::start(source, settings(), stop, &tracker2);
+            let cache = Cache::start(source, Settings::default(), stop, &tracker2);
             let targets = (0..params)
                 .map(|i| Target {
                     key: key(i),

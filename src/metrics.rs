@@ -221,7 +221,8 @@ impl Metrics {
     }
 
     /// AWS call attempts so far for one operation (all outcomes).
-    pub fn aws_calls(&self, operation: &str) -> u64 {
+    #[cfg(test)]
+    fn aws_calls(&self, operation: &str) -> u64 {
         OPERATIONS
             .iter()
             .zip(&self.aws)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use figment::{Figment, Metadata};
 
-use super::raw::{Dur, RawConfig};
+use super::raw::{Dur, RawCache, RawConfig};
 use super::{
     ApiConfig, AuthConfig, AwsConfig, Config, ConfigError, LambdaConfig, ListenConfig, LogConfig,
     RetryMode, SourceConfig, TokenSource, UnixConfig,
@@ -232,7 +232,11 @@ fn cache(raw: &RawConfig, c: &Check<'_>) -> Result<Settings, ConfigError> {
     if backoff.max < backoff.min {
         return Err(c.err("cache.backoff_max", "must not be below cache.backoff_min"));
     }
-    Ok(Settings {
+    Ok(settings(r, backoff))
+}
+
+fn settings(r: &RawCache, backoff: Backoff) -> Settings {
+    Settings {
         secrets_ttl: r.secrets_ttl.unwrap_or(r.ttl).0,
         parameters_ttl: r.parameters_ttl.unwrap_or(r.ttl).0,
         max_entries: r.max_entries as usize,
@@ -241,7 +245,19 @@ fn cache(raw: &RawConfig, c: &Check<'_>) -> Result<Settings, ConfigError> {
         jitter: r.jitter,
         backoff,
         batch_window: r.batch_window.0,
-    })
+    }
+}
+
+/// sidekey's defaults: what a config without a `[cache]` table gets.
+impl Default for Settings {
+    fn default() -> Self {
+        let r = RawCache::default();
+        let backoff = Backoff {
+            min: r.backoff_min.0,
+            max: r.backoff_max.0,
+        };
+        settings(&r, backoff)
+    }
 }
 
 fn aws(raw: &RawConfig, c: &Check<'_>) -> Result<AwsConfig, ConfigError> {

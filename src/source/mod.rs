@@ -217,22 +217,15 @@ impl Key {
     /// The id as a client names it, without the kind: secret id (with its selector),
     /// parameter name (with `:version` or `:label`), or path.
     pub fn name(&self) -> String {
-        match self {
-            Key::Path(p) => p.path.clone(),
-            _ => {
-                let shown = self.to_string();
-                let kind_len = self.kind().len() + 1;
-                shown.get(kind_len..).unwrap_or_default().to_owned()
-            }
-        }
+        let mut out = String::new();
+        let _ = self.write_name(&mut out);
+        out
     }
-}
 
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn write_name(&self, f: &mut impl fmt::Write) -> fmt::Result {
         match self {
             Key::Secret(k) => {
-                write!(f, "secret {}", k.id)?;
+                f.write_str(&k.id)?;
                 if let Some(stage) = &k.version_stage {
                     write!(f, " stage {stage}")?;
                 }
@@ -242,15 +235,26 @@ impl fmt::Display for Key {
                 Ok(())
             }
             Key::Parameter(k) => {
-                write!(f, "parameter {}", k.name)?;
+                f.write_str(&k.name)?;
                 match &k.selector {
                     Some(ParamSelector::Version(v)) => write!(f, ":{v}"),
                     Some(ParamSelector::Label(l)) => write!(f, ":{l}"),
                     None => Ok(()),
                 }
             }
-            Key::Path(k) => write!(f, "path {} recursive={}", k.path, k.recursive),
+            Key::Path(k) => f.write_str(&k.path),
         }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ", self.kind())?;
+        self.write_name(f)?;
+        if let Key::Path(k) = self {
+            write!(f, " recursive={}", k.recursive)?;
+        }
+        Ok(())
     }
 }
 
