@@ -140,6 +140,16 @@ pub async fn run(setup: Setup, serve: Option<Listeners>, spec: ExecSpec) -> Resu
     let bindings = bindings(&spec, &env)?;
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
+    // An edit of the local values file refreshes every value, as under `sidekey run`. Watched
+    // before the first fetch, so an edit made while templates render is not missed.
+    let edits = match &config.source {
+        SourceConfig::File(values) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            crate::watch::keep_watching(values, Control::RefreshNow, tx, &stop, &tracker);
+            Some(rx)
+        }
+        _ => None,
+    };
     let (cache, core) = match serve {
         Some(listeners) => {
             let core = app::start(setup, listeners, None)?;
@@ -169,10 +179,7 @@ pub async fn run(setup: Setup, serve: Option<Listeners>, spec: ExecSpec) -> Resu
             (cache, None)
         }
     };
-    if let SourceConfig::File(values) = &config.source {
-        // An edit refreshes every value, as under `sidekey run`.
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        crate::watch::keep_watching(values, Control::RefreshNow, tx, &stop, &tracker);
+    if let Some(mut rx) = edits {
         let cache = cache.clone();
         tracker.spawn(async move {
             while rx.recv().await.is_some() {

@@ -188,6 +188,9 @@ impl Renderer {
     /// Re-renders on every store change until `shutdown`, running debounced actions.
     pub async fn watch(self, shutdown: CancellationToken) {
         let mut changes = self.cache.store().subscribe();
+        // A change published after `render_all` but before this subscription would otherwise
+        // be missed; one re-render on start writes nothing if the files are current.
+        changes.mark_changed();
         let mut pending: Vec<Option<(Instant, Instant)>> = vec![None; self.specs.len()];
         loop {
             let due = pending.iter().flatten().map(|(at, _)| *at).min();
