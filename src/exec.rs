@@ -4,7 +4,8 @@
 //! code (128 + signal when it was killed). When a referenced value changes, CMD is restarted
 //! (stop signal, grace, kill, start with fresh values), signalled, or left alone — debounced so
 //! a burst of rotations acts once. A reference that cannot be resolved aborts before CMD starts;
-//! no value is ever printed.
+//! a restart that fails later (a value deleted, the program gone) is retried with backoff while
+//! the API keeps serving. No value is ever printed.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command};
@@ -381,7 +382,7 @@ async fn supervise(
     let io = AppError::Io;
     let mut chld = signal(SignalKind::child()).map_err(io)?;
     reaper::become_subreaper();
-    let mut child = start(spec, env, &vars).map_err(AppError::Exec)?;
+    let child = start(spec, env, &vars).map_err(AppError::Exec)?;
     let mut forwarded = Vec::new();
     for kind in [
         SignalKind::terminate(),
@@ -396,15 +397,25 @@ async fn supervise(
     }
     let mut changes = store.subscribe();
     let mut act_at: Option<(Instant, Instant)> = None;
+    // A restart that failed (a value went missing, the program vanished) leaves no child; the
+    // API and templates keep serving while the start is retried with backoff.
+    let mut child = Some(child);
+    let mut retry: Option<(Instant, u32)> = None;
     loop {
         let forward = futures_any(&mut forwarded);
         tokio::select! {
             _ = chld.recv() => {
-                if let Some(code) = reaper::reap_all(child.id()) {
+                let pid = child.as_ref().map_or(0, Child::id);
+                if let Some(code) = reaper::reap_all(pid) {
                     return Ok(code);
                 }
             }
-            sig = forward => send(child.id(), sig),
+            sig = forward => match &child {
+                Some(c) => send(c.id(), sig),
+                // Nothing to forward to: a stop signal ends the wait for a restart.
+                None if STOP_SIGNALS.contains(&sig) => return Ok(128 + sig),
+                None => {}
+            },
             r = changes.changed() => {
                 if r.is_err() { continue; }
                 let now = versions(&store.snapshot());
@@ -415,24 +426,54 @@ async fn supervise(
             }
             () = sleep_until(act_at.map_or_else(Instant::now, |(at, _)| at)), if act_at.is_some() => {
                 act_at = None;
-                match spec.on_change {
-                    OnChange::Signal(sig) => {
+                match (spec.on_change, &child) {
+                    (OnChange::Signal(sig), Some(c)) => {
                         tracing::info!(signal = sig, "A referenced value changed; signalling the child.");
-                        send(child.id(), sig);
+                        send(c.id(), sig);
                     }
-                    OnChange::Restart => {
+                    (OnChange::Restart, _) => {
                         tracing::info!("A referenced value changed; restarting the child.");
-                        if let Some(code) = stop_child(&mut child, spec.grace, &mut chld).await {
+                        if let Some(mut c) = child.take()
+                            && let Some(code) = stop_child(&mut c, spec.grace, &mut chld).await
+                        {
                             tracing::debug!(code, "Child stopped for restart.");
                         }
-                        let vars = resolve(&store.snapshot(), bindings).map_err(AppError::Exec)?;
-                        child = start(spec, env, &vars).map_err(AppError::Exec)?;
+                        CHILD.store(0, std::sync::atomic::Ordering::Release);
+                        retry = Some((Instant::now(), 0));
                     }
-                    OnChange::None => {}
+                    _ => {}
+                }
+            }
+            () = sleep_until(retry.map_or_else(Instant::now, |(at, _)| at)), if retry.is_some() => {
+                let failures = retry.map_or(0, |(_, n)| n);
+                let started = resolve(&store.snapshot(), bindings)
+                    .and_then(|vars| start(spec, env, &vars));
+                match started {
+                    Ok(c) => {
+                        child = Some(c);
+                        retry = None;
+                    }
+                    Err(e) => {
+                        let delay = restart_delay(failures);
+                        tracing::error!(
+                            error = %e,
+                            retry_in_ms = delay.as_millis(),
+                            "Cannot restart the child; the API keeps serving and the start is retried.",
+                        );
+                        retry = Some((Instant::now() + delay, failures.saturating_add(1)));
+                    }
                 }
             }
         }
     }
+}
+
+/// Signals that end sidekey when no child is running to forward them to.
+const STOP_SIGNALS: [i32; 3] = [15, 2, 3];
+
+/// Delay before restart attempt `failures + 1`: 1 s, doubling, at most 30 s.
+fn restart_delay(failures: u32) -> Duration {
+    Duration::from_secs(1 << failures.min(5)).min(Duration::from_secs(30))
 }
 
 /// SIGTERM, wait up to `grace`, then SIGKILL; returns the exit code.

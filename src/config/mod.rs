@@ -139,6 +139,8 @@ pub struct AwsConfig {
     pub endpoint_url: Option<String>,
     /// Operation timeout.
     pub timeout: Option<Duration>,
+    /// Per-attempt timeout.
+    pub attempt_timeout: Option<Duration>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Secrets Manager operation timeout.

@@ -125,8 +125,10 @@ pub struct RawAws {
     pub region: Option<String>,
     /// Endpoint for every service (the SDK's `AWS_ENDPOINT_URL*` also work).
     pub endpoint_url: Option<String>,
-    /// Whole-operation timeout (retries included).
+    /// Whole-operation timeout (retries included); `0s` disables.
     pub timeout: Option<Dur>,
+    /// Timeout of one attempt, so a hung connection is retried; `0s` disables.
+    pub attempt_timeout: Option<Dur>,
     /// TCP/TLS connect timeout.
     pub connect_timeout: Dur,
     /// Operation timeout for Secrets Manager (overrides `timeout`).
@@ -390,7 +392,8 @@ impl Default for RawAws {
         Self {
             region: None,
             endpoint_url: None,
-            timeout: None,
+            timeout: Some(secs(10)),
+            attempt_timeout: Some(secs(4)),
             connect_timeout: secs(3),
             secrets_manager_timeout: None,
             ssm_timeout: None,

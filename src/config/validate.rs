@@ -272,6 +272,7 @@ fn aws(raw: &RawConfig, c: &Check<'_>) -> Result<AwsConfig, ConfigError> {
         region: a.region.clone().filter(|r| !r.is_empty()),
         endpoint_url: a.endpoint_url.clone(),
         timeout: nonzero_timeout(a.timeout),
+        attempt_timeout: nonzero_timeout(a.attempt_timeout),
         connect_timeout: positive(c, "aws.connect_timeout", a.connect_timeout)?,
         secrets_manager_timeout: nonzero_timeout(a.secrets_manager_timeout),
         ssm_timeout: nonzero_timeout(a.ssm_timeout),

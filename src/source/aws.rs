@@ -212,6 +212,9 @@ fn timeouts(cfg: &AwsConfig) -> aws_config::timeout::TimeoutConfigBuilder {
     if let Some(t) = cfg.timeout {
         b = b.operation_timeout(t);
     }
+    if let Some(t) = cfg.attempt_timeout {
+        b = b.operation_attempt_timeout(t);
+    }
     b
 }
 
@@ -238,7 +241,8 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
         SdkError::DispatchFailure(d) if d.is_timeout() => {
             SourceError::new(ErrorKind::Transient, "TimeoutError", "Timeout").with_status(504)
         }
-        SdkError::DispatchFailure(d) if d.is_io() => {
+        // IO, and "other" transport failures such as a connection closed mid-response.
+        SdkError::DispatchFailure(d) if !d.is_user() => {
             SourceError::new(ErrorKind::Transient, "ConnectionError", "Read Error").with_status(502)
         }
         SdkError::ResponseError(_) => {

@@ -6,6 +6,7 @@ mod cli;
 mod e2e_moto;
 mod examples;
 mod exec;
+mod faults;
 mod inprocess;
 mod lambda;
 mod server;
