@@ -83,6 +83,32 @@ pub fn select(text: &str, select: &Select) -> Result<serde_json::Value, SelectEr
     found.cloned().ok_or(SelectError::Missing)
 }
 
+/// Checks a Parameter Store path (`GetParametersByPath`): `/`-rooted, no whitespace or control
+/// characters, no `:` (selectors), and no `.` or `..` segment, which would read like a file path
+/// that escapes its hierarchy.
+pub fn check_path(path: &str) -> Result<(), RefError> {
+    if path.is_empty() {
+        return Err(RefError::Empty);
+    }
+    if path.len() > MAX_REF_LEN {
+        return Err(RefError::TooLong);
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(RefError::BadChar);
+    }
+    let bad = |why| Err(RefError::Malformed(path.to_owned(), why));
+    if !path.starts_with('/') {
+        return bad("a path starts with /");
+    }
+    if path.contains(':') {
+        return bad("a path takes no version or label");
+    }
+    if path.split('/').any(|s| s == "." || s == "..") {
+        return bad("a path has no . or .. segments");
+    }
+    Ok(())
+}
+
 /// Parses `input` as a REF of `kind`. `decrypt` is the default `WithDecryption` for parameters.
 pub fn parse(input: &str, kind: RefKind, decrypt: bool) -> Result<Ref, RefError> {
     if input.is_empty() {
@@ -227,6 +253,25 @@ fn parse_resolve(inner: &str) -> Option<Ref> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_rooted_and_never_climb() {
+        for ok in ["/", "/app", "/app/prod/", "/a.b/c..d/.e"] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "app",
+            "/app/../etc",
+            "/./x",
+            "/app/..",
+            "/a:1",
+            "/a b",
+            "/a\u{0}",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad:?}");
+        }
+    }
 
     fn secret(id: &str, stage: Option<&str>, vid: Option<&str>, key: Option<&str>) -> Ref {
         Ref {

@@ -257,7 +257,8 @@ impl Ctx<'_> {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_timeout)
-            .max_buf_size(MAX_HEAD);
+            .max_buf_size(MAX_HEAD)
+            .max_header_size(MAX_HEAD);
         let conn = self
             .graceful
             .watch(builder.serve_connection(TokioIo::new(stream), svc));

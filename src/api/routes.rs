@@ -23,6 +23,8 @@ use crate::source::{ErrorKind, Fetched, Key, ParamSelector, SecretKey};
 
 /// Longest accepted request target (path + query).
 const MAX_URI: usize = 8 * 1024;
+/// Most header bytes (names and values) a request may carry; hyper cuts off at `MAX_HEAD`.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// The HTTP API.
 pub struct Api {
@@ -133,6 +135,18 @@ impl Api {
                 "URI too long",
             ));
         }
+        let header_bytes: usize = req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        if header_bytes > MAX_HEADER_BYTES {
+            return Err(Reject::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "Request header fields too large",
+            ));
+        }
         let get = req.method() == Method::GET;
         match (path, get) {
             ("/ping", true) => return Ok(dto::text(StatusCode::OK, "healthy")),
@@ -237,7 +251,8 @@ impl Api {
         Ok(compat_answer(self.cache.get(&key, force).await))
     }
 
-    /// Unknown parameters: ignored (debug log) unless strict; native routes are always strict.
+    /// Unknown parameters: ignored (debug log) unless strict; native routes are always strict
+    /// and refuse a parameter given twice (compatible routes let the last one win, as WCP).
     fn check_known(
         &self,
         pairs: &Pairs,
@@ -245,8 +260,16 @@ impl Api {
         b: &[&str],
         compat: bool,
     ) -> Result<(), Reject> {
+        let mut seen = std::collections::HashSet::with_capacity(pairs.len());
         for (k, _) in pairs {
             if a.contains(&k.as_str()) || b.contains(&k.as_str()) {
+                if !compat && !seen.insert(k.as_str()) {
+                    return Err(Reject::new(
+                        StatusCode::BAD_REQUEST,
+                        "duplicate_parameter",
+                        format!("parameter {k} given twice"),
+                    ));
+                }
                 continue;
             }
             if compat && !self.strict {

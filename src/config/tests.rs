@@ -409,6 +409,12 @@ fn templates_validate_each_field() {
         &format!("{base}contents = \"b\"\nwait = {{ min = \"5s\", max = \"1s\" }}"),
         "templates.0.wait.max",
     );
+    for dest in ["/run/app/../../etc/cron.d/x", "../x", "/"] {
+        check(
+            &format!("[[templates]]\ndestination = {dest:?}\ncontents = \"b\""),
+            "templates.0.destination",
+        );
+    }
     let c = ok(
         Some(&format!(
             "{base}contents = \"b\"\nsignal = \"USR1\"\npid_file = \"/run/app.pid\"\nmode = 640"

@@ -334,9 +334,7 @@ fn targets(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<Target>, ConfigError> {
                     .key
             }
             (None, Some(path)) => {
-                if !path.starts_with('/') || path.contains(':') {
-                    return Err(c.err(&at("path"), "must start with `/`"));
-                }
+                refs::check_path(path).map_err(|e| c.err(&at("path"), e.to_string()))?;
                 Key::Path(PathKey::new(path, p.recursive, p.with_decryption))
             }
             _ => {
@@ -405,6 +403,19 @@ fn templates(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<TemplateSpec>, Config
                     .transpose()
                     .map_err(|m| c.err(&at(key), m))
             };
+            // A destination names its file plainly: `..` could climb out of a mounted
+            // directory in ways the config's reader would not see at a glance.
+            let plain = t.destination.file_name().is_some()
+                && !t
+                    .destination
+                    .components()
+                    .any(|p| p == std::path::Component::ParentDir);
+            if !plain {
+                return Err(c.err(
+                    &at("destination"),
+                    "must name a file, without `..` components",
+                ));
+            }
             let destination = Destination {
                 path: t.destination.clone(),
                 mode: u32::from_str_radix(&t.mode, 8)

@@ -7,6 +7,7 @@ mod e2e_moto;
 mod examples;
 mod exec;
 mod faults;
+mod hostile;
 mod inprocess;
 mod lambda;
 mod server;

@@ -128,9 +128,7 @@ impl Api {
             false,
         )?;
         let path = required(&pairs, "path")?;
-        if !path.starts_with('/') {
-            return Err(Reject::invalid_ref("path must start with /".into()));
-        }
+        refs::check_path(path).map_err(|e| Reject::invalid_ref(e.to_string()))?;
         let key = Key::Path(PathKey::new(
             path,
             bool_param(&pairs, "recursive", false)?,
