@@ -58,6 +58,8 @@ enum Admission {
     Normal,
     PingOnly,
     Refused,
+    /// A Unix socket peer outside `listen.unix_allow_*`.
+    Forbidden,
 }
 
 // === Listeners ===
@@ -181,15 +183,30 @@ pub async fn serve(
                 // As the AWS agent does: replies must not cross a router.
                 s.set_ttl(1)?;
                 s.set_nodelay(true)?;
-                Ok(s)
+                Ok((s, true))
             })
             .await;
         }
     };
     let unix = async {
         if let Some(u) = &listeners.unix {
-            ctx.accept_loop(|| async { u.listener.accept().await.map(|(s, _)| s) })
-                .await;
+            let allow = cfg.unix.as_ref().and_then(|c| c.allow.as_ref());
+            ctx.accept_loop(|| async {
+                let (s, _) = u.listener.accept().await?;
+                let permitted = match allow {
+                    None => true,
+                    Some(allow) => {
+                        let cred = s.peer_cred()?;
+                        let ok = allow.permits(cred.uid(), cred.gid());
+                        if !ok {
+                            tracing::warn!(uid = cred.uid(), gid = cred.gid(), pid = ?cred.pid(), "Unix socket peer not allowed.");
+                        }
+                        ok
+                    }
+                };
+                Ok((s, permitted))
+            })
+            .await;
         }
     };
     tokio::join!(tcp, unix);
@@ -214,7 +231,7 @@ impl Ctx<'_> {
     async fn accept_loop<F, Fut, S>(&self, accept: F)
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = io::Result<S>>,
+        Fut: Future<Output = io::Result<(S, bool)>>,
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         loop {
@@ -223,7 +240,7 @@ impl Ctx<'_> {
                 r = accept() => r,
             };
             match stream {
-                Ok(s) => self.spawn_connection(s),
+                Ok((s, permitted)) => self.spawn_connection(s, permitted),
                 Err(e) => {
                     // E.g. EMFILE: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "Accept failed.");
@@ -233,11 +250,14 @@ impl Ctx<'_> {
         }
     }
 
-    fn spawn_connection<S>(&self, stream: S)
+    fn spawn_connection<S>(&self, stream: S, permitted: bool)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (guard, admission) = self.limit.admit();
+        let (guard, mut admission) = self.limit.admit();
+        if !permitted {
+            admission = Admission::Forbidden;
+        }
         let api = self.api.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let api = api.clone();
@@ -245,6 +265,16 @@ impl Ctx<'_> {
                 let resp = match admission {
                     Admission::Normal => api.handle(&req).await,
                     Admission::PingOnly if req.uri().path() == "/ping" => api.handle(&req).await,
+                    Admission::Forbidden => {
+                        METRICS.request(Route::Other, 403);
+                        dto::json(
+                            StatusCode::FORBIDDEN,
+                            &dto::NativeError {
+                                code: "peer_not_allowed",
+                                message: "this user may not use the socket",
+                            },
+                        )
+                    }
                     _ => {
                         METRICS.request(Route::Other, 429);
                         dto::text(StatusCode::TOO_MANY_REQUESTS, "Connection limit exceeded")

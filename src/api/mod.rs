@@ -1,6 +1,7 @@
 //! The HTTP API, identical on TCP and the Unix socket: PSLE- and WCP-compatible routes plus
 //! sidekey's native routes. `routes` is pure (request head → response), `listen` owns sockets.
 
+pub mod allow;
 pub mod auth;
 pub mod dto;
 pub mod listen;

@@ -12,6 +12,7 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::allow::AllowList;
 use super::auth::Auth;
 use super::dto::{self, AwsError, NativeError, ParameterEnvelope, Resp, SecretDto};
 use super::query::{self, flag};
@@ -36,6 +37,7 @@ pub struct Api {
     shutdown: CancellationToken,
     metrics_token: bool,
     metrics_item_labels: bool,
+    allow: AllowList,
 }
 
 /// Which error dialect a path speaks.
@@ -75,7 +77,16 @@ impl Api {
             shutdown,
             metrics_token: cfg.metrics_token,
             metrics_item_labels: cfg.metrics_item_labels,
+            allow: cfg.allow.clone(),
         }
+    }
+
+    /// Reads `key` through the cache, unless the allow-list refuses it (no backend call then).
+    async fn read(&self, key: &Key, force: bool) -> Result<Hit, CacheError> {
+        if !self.allow.permits(key) {
+            return Err(CacheError::Source(not_allowed(key)));
+        }
+        self.cache.get(key, force).await
     }
 
     /// The `route` label of a path.
@@ -229,7 +240,7 @@ impl Api {
             version_stage: last(pairs, "versionStage").map(str::to_owned),
         });
         let force = refresh_now(pairs)?;
-        Ok(compat_answer(self.cache.get(&key, force).await))
+        Ok(compat_answer(self.read(&key, force).await))
     }
 
     async fn psle_parameter(&self, query: &str) -> Result<Resp, Reject> {
@@ -248,7 +259,7 @@ impl Api {
         let selector = pairs.iter().find(|(k, _)| k == "version" || k == "label");
         let key = param_key(name, decrypt, selector)?;
         let force = refresh_now(&pairs)?;
-        Ok(compat_answer(self.cache.get(&key, force).await))
+        Ok(compat_answer(self.read(&key, force).await))
     }
 
     /// Unknown parameters: ignored (debug log) unless strict; native routes are always strict
@@ -287,6 +298,16 @@ impl Api {
 }
 
 // === helpers ===
+
+/// The answer to a key outside `api.allow_*`: access denied, as AWS would say it.
+fn not_allowed(key: &Key) -> crate::source::SourceError {
+    crate::source::SourceError::new(
+        ErrorKind::AccessDenied,
+        "AccessDeniedException",
+        format!("{key} is not in this sidecar's allow-list"),
+    )
+    .with_status(403)
+}
 
 fn parse_query(q: &str) -> Result<Pairs, Reject> {
     query::parse(q).map_err(|e| Reject::bad(e.to_string()))

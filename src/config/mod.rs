@@ -97,6 +97,27 @@ pub struct UnixConfig {
     pub owner: Option<u32>,
     /// Group gid.
     pub group: Option<u32>,
+    /// Peers allowed to connect, checked with `SO_PEERCRED`; `None`: any peer.
+    pub allow: Option<PeerAllow>,
+}
+
+/// Unix socket peers that may connect: by uid, or by primary gid. sidekey's own uid always
+/// may (`sidekey health`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerAllow {
+    /// Allowed uids.
+    pub uids: Vec<u32>,
+    /// Allowed gids.
+    pub gids: Vec<u32>,
+}
+
+impl PeerAllow {
+    /// Whether a peer with these credentials may connect.
+    pub fn permits(&self, uid: u32, gid: u32) -> bool {
+        uid == rustix::process::getuid().as_raw()
+            || self.uids.contains(&uid)
+            || self.gids.contains(&gid)
+    }
 }
 
 /// HTTP API settings.
@@ -110,6 +131,8 @@ pub struct ApiConfig {
     pub metrics_token: bool,
     /// `/metrics` labels per-item ages with ids.
     pub metrics_item_labels: bool,
+    /// What requests may read at all.
+    pub allow: crate::api::allow::AllowList,
 }
 
 /// Authentication settings.

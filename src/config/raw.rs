@@ -54,6 +54,11 @@ pub struct RawListen {
     /// Unix socket group (name or gid).
     #[serde(deserialize_with = "opt_text")]
     pub unix_group: Option<String>,
+    /// Peers (names or uids) allowed on the Unix socket; with `unix_allow_groups` empty too,
+    /// everyone the socket's mode lets in.
+    pub unix_allow_users: Vec<String>,
+    /// Peer groups (names or gids, primary group) allowed on the Unix socket.
+    pub unix_allow_groups: Vec<String>,
     /// Concurrent client connections (WCP `max_conn`).
     pub max_connections: u32,
     /// Time allowed to send a request head.
@@ -75,6 +80,10 @@ pub struct RawApi {
     /// `/metrics` adds one age gauge per cached item, labelled with its id (ids may be
     /// sensitive: off by default).
     pub metrics_item_labels: bool,
+    /// Secret names (`name`, or `prefix*`) requests may read; unset: any.
+    pub allow_secrets: Option<Vec<String>>,
+    /// Parameter names and path prefixes requests may read; unset: any.
+    pub allow_parameters: Option<Vec<String>>,
 }
 
 /// `[auth]`.
@@ -334,6 +343,8 @@ impl Default for RawListen {
             unix_mode: "0600".into(),
             unix_owner: None,
             unix_group: None,
+            unix_allow_users: Vec::new(),
+            unix_allow_groups: Vec::new(),
             max_connections: 800,
             header_timeout: secs(10),
             grace: secs(5),
@@ -348,6 +359,8 @@ impl Default for RawApi {
             strict_query: false,
             metrics_token: true,
             metrics_item_labels: false,
+            allow_secrets: None,
+            allow_parameters: None,
         }
     }
 }

@@ -427,3 +427,144 @@ fn templates_validate_each_field() {
         crate::render::Action::Signal { signal: 10, .. }
     ));
 }
+
+/// Every key, given a value of the wrong type (an inline table fits none of them): the load
+/// fails with a message naming the key and the file.
+#[test]
+fn every_key_with_a_malformed_value_is_named() {
+    fn leaves(v: &toml::Value, at: &str, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) if !t.is_empty() => {
+                for (k, v) in t {
+                    let key = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    leaves(v, &key, out);
+                }
+            }
+            _ => out.push(at.to_owned()),
+        }
+    }
+    let mut keys = Vec::new();
+    leaves(
+        &toml::Value::try_from(raw::RawConfig::default()).unwrap(),
+        "",
+        &mut keys,
+    );
+    // Optional keys (absent from the defaults) and fields of array entries.
+    keys.extend(
+        [
+            "listen.unix",
+            "listen.unix_owner",
+            "listen.unix_group",
+            "cache.secrets_ttl",
+            "cache.parameters_ttl",
+            "aws.region",
+            "aws.endpoint_url",
+            "aws.secrets_manager_timeout",
+            "aws.ssm_timeout",
+            "source.file",
+            "log.file",
+        ]
+        .map(String::from),
+    );
+    assert!(keys.len() >= 50, "{keys:?}");
+    let bogus = "{ bogus = true }";
+    let mut docs: Vec<(String, String)> = keys
+        .iter()
+        .map(|key| {
+            let doc = match key.rsplit_once('.') {
+                Some((section, leaf)) => format!("[{section}]\n{leaf} = {bogus}\n"),
+                None => format!("{key} = {bogus}\n"),
+            };
+            (key.clone(), doc)
+        })
+        .collect();
+    let entries = [
+        (
+            "secrets",
+            "id = \"a\"",
+            &["id", "version_stage", "version_id", "refresh_interval"][..],
+        ),
+        (
+            "parameters",
+            "name = \"/a\"",
+            &[
+                "name",
+                "path",
+                "recursive",
+                "with_decryption",
+                "refresh_interval",
+            ],
+        ),
+        (
+            "templates",
+            "contents = \"x\"\ndestination = \"/tmp/x\"",
+            &[
+                "source",
+                "contents",
+                "destination",
+                "syntax",
+                "mode",
+                "owner",
+                "group",
+                "create_dirs",
+                "in_place",
+                "command",
+                "command_timeout",
+                "signal",
+                "pid",
+                "pid_file",
+                "wait",
+            ],
+        ),
+    ];
+    for (array, base, fields) in entries {
+        for field in fields {
+            let base: String = base
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{field} ")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            docs.push((
+                format!("{array}.0.{field}"),
+                format!("[[{array}]]\n{base}{field} = {bogus}\n"),
+            ));
+        }
+    }
+    for (key, doc) in docs {
+        let msg = err(Some(&doc), &[]);
+        assert!(
+            msg.contains(&key) && msg.contains("sidekey.toml"),
+            "{key}: {msg}\n{doc}"
+        );
+    }
+}
+
+#[test]
+fn malformed_templates_fail_the_load_with_their_line() {
+    let check = |body: &str, want: &[&str]| {
+        let msg = err(Some(body), &[]);
+        for w in want {
+            assert!(msg.contains(w), "{w}: {msg}");
+        }
+    };
+    check(
+        "[[templates]]\ndestination = \"/tmp/x\"\ncontents = \"a\\n{{ secret('x' }}\"",
+        &["templates.0.contents", "line 2"],
+    );
+    check(
+        "[[templates]]\ndestination = \"/tmp/x\"\nsyntax = \"cloudformation\"\ncontents = \"a\\nb\\n{{resolve:ssm:/x\"",
+        &["templates.0.contents", "line 3", "unclosed"],
+    );
+    check(
+        "[[templates]]\ndestination = \"/tmp/x\"\nsyntax = \"cloudformation\"\ncontents = \"{{resolve:nope:x}}\"",
+        &["templates.0.contents", "line 1"],
+    );
+    check(
+        "[[templates]]\ndestination = \"/tmp/x\"\nsource = \"/nonexistent/t.tpl\"",
+        &["templates.0.source", "cannot read /nonexistent/t.tpl"],
+    );
+}

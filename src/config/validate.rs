@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use figment::{Figment, Metadata};
 
-use super::raw::{Dur, RawCache, RawConfig};
+use super::raw::{Dur, RawCache, RawConfig, RawListen};
 use super::{
     ApiConfig, AuthConfig, AwsConfig, Config, ConfigError, LambdaConfig, ListenConfig, LogConfig,
-    RetryMode, SourceConfig, TokenSource, UnixConfig,
+    PeerAllow, RetryMode, SourceConfig, TokenSource, UnixConfig,
 };
+use crate::api::allow::{AllowList, Pattern};
 use crate::cache::{Backoff, Settings, Target};
 use crate::refs::{self, RefKind};
 use crate::render::{Action, Destination, SignalTarget, Syntax, TemplateSource, TemplateSpec};
@@ -128,6 +129,7 @@ fn listen(raw: &RawConfig, c: &Check<'_>) -> Result<ListenConfig, ConfigError> {
                 .map(|g| lookup_id(Path::new("/etc/group"), g))
                 .transpose()
                 .map_err(|m| c.err("listen.unix_group", m))?,
+            allow: peer_allow(l, c)?,
         }),
     };
     if tcp.is_none() && unix.is_none() {
@@ -143,6 +145,33 @@ fn listen(raw: &RawConfig, c: &Check<'_>) -> Result<ListenConfig, ConfigError> {
         header_timeout: positive(c, "listen.header_timeout", l.header_timeout)?,
         grace: l.grace.0,
     })
+}
+
+fn peer_allow(l: &RawListen, c: &Check<'_>) -> Result<Option<PeerAllow>, ConfigError> {
+    if l.unix_allow_users.is_empty() && l.unix_allow_groups.is_empty() {
+        return Ok(None);
+    }
+    let ids = |key: &str, file: &str, names: &[String]| {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                lookup_id(Path::new(file), n).map_err(|m| c.err(&format!("{key}.{i}"), m))
+            })
+            .collect::<Result<Vec<u32>, _>>()
+    };
+    Ok(Some(PeerAllow {
+        uids: ids(
+            "listen.unix_allow_users",
+            "/etc/passwd",
+            &l.unix_allow_users,
+        )?,
+        gids: ids(
+            "listen.unix_allow_groups",
+            "/etc/group",
+            &l.unix_allow_groups,
+        )?,
+    }))
 }
 
 /// Resolves a user or group name (or number) through an `/etc/passwd`-style file.
@@ -175,11 +204,32 @@ fn api(raw: &RawConfig, c: &Check<'_>) -> Result<ApiConfig, ConfigError> {
     } else {
         format!("{p}/")
     };
+    let patterns = |key: &str, list: &Option<Vec<String>>| {
+        list.as_ref()
+            .map(|l| {
+                l.iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        Pattern::parse(s).ok_or_else(|| {
+                            c.err(
+                                &format!("{key}.{i}"),
+                                "expected a name, or a prefix ending in a single `*`",
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+    };
     Ok(ApiConfig {
         path_prefix,
         strict_query: raw.api.strict_query,
         metrics_token: raw.api.metrics_token,
         metrics_item_labels: raw.api.metrics_item_labels,
+        allow: AllowList {
+            secrets: patterns("api.allow_secrets", &raw.api.allow_secrets)?,
+            parameters: patterns("api.allow_parameters", &raw.api.allow_parameters)?,
+        },
     })
 }
 
@@ -397,6 +447,20 @@ fn templates(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<TemplateSpec>, Config
                 "cloudformation" => Syntax::CloudFormation,
                 _ => return Err(c.err(&at("syntax"), "expected `jinja` or `cloudformation`")),
             };
+            // A template that cannot parse fails the load (exit 64, or a rejected reload), not
+            // every render after it.
+            let (key, name, text) = match &source {
+                TemplateSource::File(p) => (
+                    "source",
+                    p.display().to_string(),
+                    std::fs::read_to_string(p).map_err(|e| {
+                        c.err(&at("source"), format!("cannot read {}: {e}", p.display()))
+                    })?,
+                ),
+                TemplateSource::Inline(text) => ("contents", "contents".to_owned(), text.clone()),
+            };
+            crate::render::template::check(&name, &text, syntax)
+                .map_err(|m| c.err(&at(key), format!("{name}: {m}")))?;
             let id = |key: &str, file: &str, v: &Option<String>| {
                 v.as_deref()
                     .map(|name| lookup_id(Path::new(file), name))

@@ -87,6 +87,32 @@ pub fn render(
     })
 }
 
+/// Checks a template's syntax without rendering it (config validation): the first error, with
+/// its line.
+pub fn check(name: &str, source: &str, syntax: Syntax) -> Result<(), String> {
+    match syntax {
+        Syntax::Jinja => Environment::new()
+            .template_from_named_str(name, source)
+            .map(drop)
+            .map_err(|e| describe(&e)),
+        Syntax::CloudFormation => {
+            let mut rest = source;
+            while let Some(start) = rest.find("{{resolve:") {
+                let after = &rest[start..];
+                let line = line_of(source, after);
+                let end = after
+                    .find("}}")
+                    .ok_or_else(|| format!("line {line}: unclosed {{{{resolve:"))?
+                    + 2;
+                refs::parse(&after[..end], RefKind::Any, true)
+                    .map_err(|e| format!("line {line}: {e}"))?;
+                rest = &after[end..];
+            }
+            Ok(())
+        }
+    }
+}
+
 fn jinja(
     name: &str,
     source: &str,

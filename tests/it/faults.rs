@@ -182,7 +182,8 @@ fn a_minute_of_outage_serves_stale_backs_off_and_recovers() {
     );
 
     // Backoff: the n-th retry waits within [d/2, d] for d = 250 ms · 2^(n-1) capped at 8 s, plus
-    // up to the 1 s timeout the failed attempt itself took.
+    // the time the failed batch took: up to the 1 s timeout of the secret's call and then of
+    // the parameter's.
     let attempts = proxy.calls("GetParameter", outage, back - Duration::from_secs(10));
     let gaps: Vec<f64> = attempts
         .windows(2)
@@ -191,7 +192,7 @@ fn a_minute_of_outage_serves_stale_backs_off_and_recovers() {
     for (n, gap) in gaps.iter().enumerate() {
         let nominal = (0.25 * f64::from(1u32 << n.min(10))).min(8.0);
         assert!(
-            (nominal / 2.0 - 0.05..=nominal + 1.2).contains(gap),
+            (nominal / 2.0 - 0.05..=nominal + 2.5).contains(gap),
             "retry {} waited {gap:.2} s, nominal {nominal} s: {gaps:.2?}",
             n + 1
         );

@@ -329,3 +329,102 @@ fn change_stream_sends_an_event_per_rotation() {
     let (code, _) = sk.terminate();
     assert_eq!(code, Some(0));
 }
+
+/// `listen.unix_allow_*`: a peer whose uid and gid are not listed gets a JSON 403 on every
+/// request (checked with SO_PEERCRED), a listed group gets in. Needs root to act as another
+/// user; elsewhere it says so and checks only the config path.
+#[test]
+fn unix_socket_peers_outside_the_allow_list_are_refused() {
+    use std::os::unix::process::CommandExt;
+    let (spawn, _values) = Spawn::file(
+        VALUES,
+        "[listen]\nunix_mode = \"0666\"\nunix_allow_groups = [\"12345\"]\n",
+    );
+    let sk = spawn.start();
+    assert_eq!(
+        sk.get_unix("/healthz").status,
+        200,
+        "sidekey's own user always may"
+    );
+    if !rustix::process::getuid().is_root() {
+        eprintln!("not root: cannot connect as another user; peer checks not exercised");
+        return;
+    }
+    // Run a copy of the binary (the build tree may not be readable by others) as `nobody`.
+    let dir = sk.socket.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("sidekey-client");
+    std::fs::copy(env!("CARGO_BIN_EXE_sidekey"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let health_as = |gid: u32| {
+        let out = std::process::Command::new(&bin)
+            .args(["health", "--listen", "", "--unix-socket"])
+            .arg(&sk.socket)
+            .env_clear()
+            .env("AWS_TOKEN", TOKEN)
+            .uid(65534)
+            .gid(gid)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = health_as(65534);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("403"), "{err}");
+    assert_eq!(health_as(12345).0, Some(0));
+    assert!(
+        sk.stderr()
+            .contains("Unix socket peer not allowed. uid=65534 gid=65534")
+    );
+}
+
+/// `api.allow_*`: only listed names are served, on every route; the rest is a 403 before any
+/// backend call, including secrets read through Parameter Store and paths.
+#[test]
+fn the_allow_list_limits_what_any_route_serves() {
+    let (spawn, _values) = Spawn::file(
+        VALUES,
+        "[api]\nallow_secrets = [\"app/key\"]\nallow_parameters = [\"/app/url\"]\n",
+    );
+    let sk = spawn.start();
+    for ok in [
+        "/secret?id=app/key&raw=true",
+        "/secretsmanager/get?secretId=app/key",
+        "/v1/app/key",
+        "/parameter?name=/app/url",
+        "/systemsmanager/parameters/get?name=/app/url",
+        "/watch?ids=app/key",
+    ] {
+        assert_eq!(sk.get(ok).status, 200, "{ok}");
+    }
+    for native in [
+        "/secret?id=app/db",
+        "/secret?id=app/db:password",
+        "/parameter?name=/app/secure",
+        "/parameters?path=/app",
+        "/watch?ids=app/key,app/db",
+    ] {
+        let r = sk.get(native);
+        assert_eq!(
+            (r.status, r.json()["code"].as_str()),
+            (403, Some("access_denied")),
+            "{native}"
+        );
+    }
+    for compat in [
+        "/secretsmanager/get?secretId=app/db",
+        "/v1/app/db",
+        "/systemsmanager/parameters/get?name=/app/secure",
+        "/systemsmanager/parameters/get?name=/aws/reference/secretsmanager/app/db",
+    ] {
+        let r = sk.get(compat);
+        assert_eq!(
+            (r.status, r.json()["__type"].as_str()),
+            (403, Some("AccessDeniedException")),
+            "{compat}"
+        );
+    }
+}

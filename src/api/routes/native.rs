@@ -152,7 +152,7 @@ impl Api {
 
     async fn native_get(&self, key: &Key, pairs: &Pairs) -> Result<Hit, Reject> {
         let force = refresh_now(pairs)?;
-        self.cache.get(key, force).await.map_err(native_error)
+        self.read(key, force).await.map_err(native_error)
     }
 }
 

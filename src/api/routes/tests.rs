@@ -56,6 +56,7 @@ fn setup(strict: bool) -> T {
         strict_query: strict,
         metrics_token: true,
         metrics_item_labels: strict,
+        allow: Default::default(),
     };
     let api = Api::new(
         cache,

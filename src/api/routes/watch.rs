@@ -79,6 +79,13 @@ impl hyper::body::Body for EventBody {
 impl Api {
     pub(super) async fn watch<B>(&self, req: &Request<B>, query: &str) -> Result<Resp, Reject> {
         let w = parse_watch(&parse_query(query)?)?;
+        if let Some((_, key)) = w.refs.iter().find(|(_, k)| !self.allow.permits(k)) {
+            return Err(Reject::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!("{key} is not in this sidecar's allow-list"),
+            ));
+        }
         let sse = req
             .headers()
             .get(header::ACCEPT)
