@@ -17,6 +17,7 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod exec;
+pub mod harden;
 pub mod lambda;
 pub mod metrics;
 pub mod reaper;
@@ -25,3 +26,6 @@ pub mod render;
 pub mod source;
 pub mod telemetry;
 pub mod watch;
+
+#[cfg(test)]
+mod props;

@@ -148,6 +148,10 @@ fn main() -> ExitCode {
             return ExitCode::from(config::EXIT_CONFIG);
         }
     };
+    sidekey::harden::apply(
+        config.raw.process.core_dumps,
+        matches!(command, Command::Exec(_)),
+    );
     match command {
         Command::CheckConfig => check_config(&config),
         Command::Health => match app::health(&config, &opts.env) {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::value::{Dict, Map, Value};
@@ -254,14 +254,26 @@ pub(crate) struct Layer {
 
 /// Loads and validates the configuration.
 pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
+    let file = match &opts.file {
+        None => None,
+        Some(path) => Some((
+            path.as_path(),
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?,
+        )),
+    };
+    load_text(opts, file.as_ref().map(|(p, t)| (*p, t.as_str())))
+}
+
+/// [`load`] with the config file's text already read (`path` names it in messages): the entry
+/// point for property tests and fuzzing.
+pub fn load_text(opts: &LoadOptions, file: Option<(&Path, &str)>) -> Result<Config, ConfigError> {
     let (psle, mut warnings) = compat::psle_layer(&opts.env)?;
     let mut fig = Figment::from(Layer::defaults()).merge(psle);
-    if let Some(path) = &opts.file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        fig = fig.merge(compat::file_layer(path, &text)?);
+    if let Some((path, text)) = file {
+        fig = fig.merge(compat::file_layer(path, text)?);
     }
     fig = fig.merge(env_layer(&opts.env)).merge(cli_layer(&opts.cli));
     let raw: RawConfig = fig

@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// Lambda extension mode.
     pub lambda: RawLambda,
+    /// Process hardening.
+    pub process: RawProcess,
     /// Files rendered from templates.
     pub templates: Vec<RawTemplate>,
 }
@@ -282,6 +284,15 @@ fn mode_0600() -> String {
 
 fn thirty_seconds() -> Dur {
     secs(30)
+}
+
+/// `[process]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProcess {
+    /// Allow core dumps and same-user ptrace (off: a crash or a debugger cannot copy values
+    /// out of memory).
+    pub core_dumps: bool,
 }
 
 /// `[lambda]`: only read when running as a Lambda extension.

@@ -24,6 +24,21 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
+    /// For a constraint between `low` and `high`: blames the key someone set rather than a
+    /// default (`high` when both were set), with the message written from its side.
+    fn err_order(&self, low: &str, high: &str) -> ConfigError {
+        let set = |k: &str| {
+            self.fig
+                .find_metadata(k)
+                .is_some_and(|m| m.name != "built-in defaults")
+        };
+        if set(high) || !set(low) {
+            self.err(high, format!("must not be below {low}"))
+        } else {
+            self.err(low, format!("must not exceed {high}"))
+        }
+    }
+
     fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
         // Array elements have no metadata of their own: fall back to the nearest parent key.
         let mut probe = key;
@@ -280,7 +295,7 @@ fn cache(raw: &RawConfig, c: &Check<'_>) -> Result<Settings, ConfigError> {
         max: positive(c, "cache.backoff_max", r.backoff_max)?,
     };
     if backoff.max < backoff.min {
-        return Err(c.err("cache.backoff_max", "must not be below cache.backoff_min"));
+        return Err(c.err_order("cache.backoff_min", "cache.backoff_max"));
     }
     Ok(settings(r, backoff))
 }
@@ -521,7 +536,7 @@ fn templates(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<TemplateSpec>, Config
                 (None, None) => Action::None,
             };
             if t.wait.max.0 < t.wait.min.0 {
-                return Err(c.err(&at("wait.max"), "must not be below wait.min"));
+                return Err(c.err_order(&at("wait.min"), &at("wait.max")));
             }
             Ok(TemplateSpec {
                 source,

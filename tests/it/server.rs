@@ -4,7 +4,9 @@
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
-use crate::support::{Spawn, TOKEN, get, get_unix, hold};
+use std::time::Duration;
+
+use crate::support::{Spawn, TOKEN, get, get_unix, hold, wait_until};
 
 pub const VALUES: &str = r#"
 [secrets]
@@ -130,11 +132,21 @@ fn a_path_that_is_not_a_socket_is_never_replaced() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
 }
 
+/// Every feature at trace level — prefetch, paths, every route and error, templates with a
+/// command, the change stream, status and metrics, a rotation, a reload, then exec mode — and
+/// no seeded value reaches stdout, stderr or the log file.
 #[test]
 fn secret_values_never_reach_logs_even_at_trace() {
-    let (mut spawn, _values) = Spawn::file(
+    let dir = tempfile::tempdir().unwrap();
+    let (log, out) = (dir.path().join("sidekey.log"), dir.path().join("rendered"));
+    let (mut spawn, values) = Spawn::file(
         VALUES,
-        "[log]\nlevel = \"trace\"\n[[secrets]]\nid = \"app/db\"\n",
+        &format!(
+            "[log]\nlevel = \"trace\"\nfile = {log:?}\n[cache]\nrefresh_interval = \"1s\"\n\
+             [[secrets]]\nid = \"app/db\"\n[[parameters]]\npath = \"/app\"\n\
+             [[templates]]\ncontents = '{{{{ secret(\"app/db:password\") }}}} {{{{ parameter(\"/app/secure\") }}}}'\n\
+             destination = {out:?}\ncommand = [\"true\"]\nwait = {{ min = \"10ms\" }}\n"
+        ),
     );
     spawn.env.insert("RUST_LOG".into(), "trace".into());
     let sk = spawn.start();
@@ -148,6 +160,11 @@ fn secret_values_never_reach_logs_even_at_trace() {
         "/parameter?name=/app/url&key=x",
         "/parameters?path=/app",
         "/secret?id=nope",
+        "/watch?ids=app/db,/app/secure",
+        "/watch?ids=app/db&since=0&timeout=1s",
+        "/status",
+        "/metrics",
+        "/readyz",
     ] {
         let _ = sk.get(uri);
     }
@@ -155,6 +172,17 @@ fn secret_values_never_reach_logs_even_at_trace() {
         sk.get("/secret?id=app/db&key=password&raw=true").body,
         "Pa55-w0rd-XYZZY"
     );
+    // A rotation, picked up and rendered, then a reload.
+    let rotated = VALUES.replace("Pa55-w0rd-XYZZY", "r0tated-WALDO-5");
+    std::fs::write(values.path().join("values.toml"), &rotated).unwrap();
+    wait_until(Duration::from_secs(10), || {
+        let o = std::fs::read_to_string(&out);
+        o.is_ok_and(|o| o.starts_with("r0tated-WALDO-5"))
+    });
+    sk.signal("HUP");
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Reloading"))
+    });
     let mut child_out = String::new();
     let stdout_lines = sk.stdout_lines.join("\n");
     let (code, stderr) = {
@@ -167,16 +195,42 @@ fn secret_values_never_reach_logs_even_at_trace() {
         sk.terminate()
     };
     assert_eq!(code, Some(0));
-    assert!(
-        stderr.contains("TRACE") || stderr.contains("DEBUG"),
-        "trace logging is on"
+    let file_log = std::fs::read_to_string(&log).unwrap();
+    assert!(file_log.contains("TRACE"), "trace logging reaches the file");
+    // Exec mode at trace, injecting a value into a child.
+    let exec = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+        .args(["exec", "--log-level", "trace", "--source-file"])
+        .arg(values.path().join("values.toml"))
+        .args([
+            "--env",
+            "PW=app/db:password",
+            "--",
+            "sh",
+            "-c",
+            "test -n \"$PW\"",
+        ])
+        .env_clear()
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    assert_eq!(exec.status.code(), Some(0));
+    let exec_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&exec.stdout),
+        String::from_utf8_lossy(&exec.stderr)
     );
-    for value in SEEDED {
+    assert!(
+        exec_out.contains("TRACE") || exec_out.contains("DEBUG"),
+        "{exec_out}"
+    );
+    for value in SEEDED.iter().chain(&["r0tated-WALDO-5"]) {
         assert!(!stderr.contains(value), "{value} leaked to stderr");
         assert!(
             !child_out.contains(value) && !stdout_lines.contains(value),
             "{value} leaked to stdout"
         );
+        assert!(!file_log.contains(value), "{value} leaked to the log file");
+        assert!(!exec_out.contains(value), "{value} leaked by exec mode");
     }
 }
 
@@ -427,4 +481,33 @@ fn the_allow_list_limits_what_any_route_serves() {
             "{compat}"
         );
     }
+}
+
+/// Core dumps are off unless `process.core_dumps = true`.
+#[test]
+fn core_dumps_are_off_by_default() {
+    let core_limit = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/limits"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap()
+    };
+    let (spawn, _values) = Spawn::file(VALUES, "");
+    let sk = spawn.start();
+    assert_eq!(core_limit(sk.child.id()), "0 0");
+    let (spawn, _values) = Spawn::file(VALUES, "[process]\ncore_dumps = true\n");
+    let sk = spawn.start();
+    assert_eq!(
+        core_limit(sk.child.id()),
+        core_limit(std::process::id()),
+        "inherited unchanged"
+    );
 }
