@@ -19,8 +19,8 @@ use std::time::Duration;
 use sidekey::cache::{Cache, Settings, Target};
 use sidekey::source::fake::FakeSource;
 use sidekey::source::{
-    ErrorKind, FetchResult, Key, ParamKey, Revalidation, SecretKey, Source, SourceError,
-    SourceFuture,
+    ErrorKind, FetchResult, Key, ParamKey, Revalidation, SecretFilter, SecretKey, Source,
+    SourceError, SourceFuture,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -107,6 +107,13 @@ impl Source for Quota {
     ) -> SourceFuture<'a, Result<Revalidation, SourceError>> {
         Box::pin(async { Ok(Revalidation::default()) })
     }
+
+    fn discover<'a>(
+        &'a self,
+        filter: &'a SecretFilter,
+    ) -> SourceFuture<'a, Result<Vec<String>, SourceError>> {
+        self.values.discover(filter)
+    }
 }
 
 fn name(i: usize) -> String {
@@ -118,6 +125,7 @@ fn key(i: usize) -> Key {
         name: name(i),
         selector: None,
         decrypt: true,
+        via: Default::default(),
     })
 }
 

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, Api, Auth, Listeners, auth::AuthError};
-use crate::cache::{Cache, CacheError, PrefetchReport};
+use crate::cache::{Cache, CacheError, PrefetchReport, discover};
 use crate::config::{self, Config, ConfigError, LoadOptions, SourceConfig};
 use crate::control::Control;
 use crate::refs::{self, RefKind};
@@ -128,7 +128,18 @@ pub async fn run(
     let mut app = start(setup, listeners, reloads)?;
     let cache = app.cache.clone();
     let targets = app.config.targets.clone();
-    let prefetch = cache.configure(targets);
+    let (rules, jitter) = (app.config.discover.clone(), app.config.cache.jitter);
+    let (background, tracker) = (app.background.clone(), app.tracker.clone());
+    // Configured items, then what discovery finds: ready once both were fetched.
+    let prefetch = async move {
+        let mut report = cache.configure(targets).await?;
+        if !rules.is_empty() {
+            let found = discover::start(&cache, &rules, jitter, &background, &tracker).await;
+            report.ok += found.ok;
+            report.failed.extend(found.failed);
+        }
+        Ok(report)
+    };
     tokio::pin!(prefetch);
     let mut prefetched = false;
     let quit = loop {

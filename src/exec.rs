@@ -375,7 +375,7 @@ async fn supervise(
             .map(|b| snap.get(&b.reference.key).map_or(0, |e| e.changed))
             .collect()
     };
-    let snapshot = store.snapshot();
+    let snapshot = store.view();
     let mut seen = versions(&snapshot);
     let vars = resolve(&snapshot, bindings).map_err(AppError::Exec)?;
     // Listen for SIGCHLD before the child exists, so a fast exit is not missed.
@@ -418,7 +418,7 @@ async fn supervise(
             },
             r = changes.changed() => {
                 if r.is_err() { continue; }
-                let now = versions(&store.snapshot());
+                let now = versions(&store.view());
                 if now != seen && spec.on_change != OnChange::None {
                     seen = now;
                     act_at = Some(debounce(act_at, Instant::now(), spec.wait, spec.wait_max));
@@ -446,7 +446,7 @@ async fn supervise(
             }
             () = sleep_until(retry.map_or_else(Instant::now, |(at, _)| at)), if retry.is_some() => {
                 let failures = retry.map_or(0, |(_, n)| n);
-                let started = resolve(&store.snapshot(), bindings)
+                let started = resolve(&store.view(), bindings)
                     .and_then(|vars| start(spec, env, &vars));
                 match started {
                     Ok(c) => {

@@ -83,6 +83,25 @@ pub fn select(text: &str, select: &Select) -> Result<serde_json::Value, SelectEr
     found.cloned().ok_or(SelectError::Missing)
 }
 
+/// Whether `arn` names an IAM role: `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`.
+pub fn is_role_arn(arn: &str) -> bool {
+    let mut f = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(res)) =
+        (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+    else {
+        return false;
+    };
+    matches!(partition, "aws" | "aws-cn" | "aws-us-gov")
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && res.strip_prefix("role/").is_some_and(|n| {
+            !n.is_empty()
+                && n.len() <= 512
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
+        })
+}
+
 /// Checks a Parameter Store path (`GetParametersByPath`): `/`-rooted, no whitespace or control
 /// characters, no `:` (selectors), and no `.` or `..` segment, which would read like a file path
 /// that escapes its hierarchy.
@@ -169,6 +188,7 @@ fn secret_with_suffix(id: &str, suffix: Option<&str>) -> Option<Ref> {
             id: id.to_owned(),
             version_stage: opt(fields[1]),
             version_id: opt(fields[2]),
+            via: Default::default(),
         }),
         select: opt(fields[0]).map(Select::Key),
     })
@@ -190,6 +210,7 @@ fn param_ref(input: &str, decrypt: bool) -> Option<Ref> {
             name: name.to_owned(),
             selector,
             decrypt,
+            via: Default::default(),
         }),
         select: None,
     })
@@ -279,6 +300,7 @@ mod tests {
                 id: id.into(),
                 version_stage: stage.map(Into::into),
                 version_id: vid.map(Into::into),
+                via: Default::default(),
             }),
             select: key.map(|k| Select::Key(k.into())),
         }
@@ -290,6 +312,7 @@ mod tests {
                 name: name.into(),
                 selector,
                 decrypt,
+                via: Default::default(),
             }),
             select: None,
         }

@@ -36,7 +36,8 @@ impl Pattern {
         }
     }
 
-    fn matches(&self, name: &str) -> bool {
+    /// Whether `name` matches.
+    pub fn matches(&self, name: &str) -> bool {
         match self {
             Self::Exact(n) => n == name,
             Self::Prefix(p) => name.starts_with(p.as_str()),
@@ -119,6 +120,7 @@ mod tests {
             id: id.into(),
             version_id: None,
             version_stage: None,
+            via: Default::default(),
         })
     }
 
@@ -127,6 +129,7 @@ mod tests {
             name: name.into(),
             selector: None,
             decrypt: true,
+            via: Default::default(),
         })
     }
 

@@ -12,7 +12,7 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::allow::AllowList;
+use super::allow::{AllowList, Pattern};
 use super::auth::Auth;
 use super::dto::{self, AwsError, NativeError, ParameterEnvelope, Resp, SecretDto};
 use super::query::{self, flag};
@@ -20,7 +20,7 @@ use crate::cache::{Cache, CacheError, Hit};
 use crate::config::ApiConfig;
 use crate::metrics::{METRICS, Route};
 use crate::refs::{self, RefKind};
-use crate::source::{ErrorKind, Fetched, Key, ParamSelector, SecretKey};
+use crate::source::{ErrorKind, Fetched, Key, ParamSelector, Role, SecretKey, Via};
 
 /// Longest accepted request target (path + query).
 const MAX_URI: usize = 8 * 1024;
@@ -38,6 +38,11 @@ pub struct Api {
     metrics_token: bool,
     metrics_item_labels: bool,
     allow: AllowList,
+    allow_roles: Option<Vec<Pattern>>,
+    max_roles: usize,
+    /// Roles requests have named so far (bounded by `max_roles`).
+    roles: std::sync::Mutex<std::collections::HashSet<String>>,
+    failover: Option<Arc<str>>,
 }
 
 /// Which error dialect a path speaks.
@@ -78,15 +83,76 @@ impl Api {
             metrics_token: cfg.metrics_token,
             metrics_item_labels: cfg.metrics_item_labels,
             allow: cfg.allow.clone(),
+            allow_roles: cfg.allow_roles.clone(),
+            max_roles: cfg.max_roles,
+            roles: std::sync::Mutex::default(),
+            failover: cfg.failover.clone(),
         }
     }
 
     /// Reads `key` through the cache, unless the allow-list refuses it (no backend call then).
+    /// Keys without a failover region get the global one, as configured items do.
     async fn read(&self, key: &Key, force: bool) -> Result<Hit, CacheError> {
         if !self.allow.permits(key) {
             return Err(CacheError::Source(not_allowed(key)));
         }
-        self.cache.get(key, force).await
+        let key = &*self.cache.store().resolve(key);
+        match &self.failover {
+            Some(region) if key.via().failover.is_none() => {
+                let via = Via {
+                    failover: Some(region.clone()),
+                    ..key.via().clone()
+                };
+                self.cache.get(&key.clone().with_via(via), force).await
+            }
+            _ => self.cache.get(key, force).await,
+        }
+    }
+
+    /// The identity for a request's `roleArn` (agent parity): 400 for a malformed ARN or once
+    /// `api.max_roles` distinct roles were named, 403 outside `api.allow_roles`.
+    fn role_via(&self, role_arn: Option<&str>) -> Result<Via, Reject> {
+        let Some(arn) = role_arn else {
+            return Ok(Via::default());
+        };
+        if !refs::is_role_arn(arn) {
+            return Err(Reject::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                "invalid roleArn",
+            ));
+        }
+        if let Some(allowed) = &self.allow_roles
+            && !allowed.iter().any(|p| p.matches(arn))
+        {
+            return Err(Reject::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!("role {arn} is not in api.allow_roles"),
+            ));
+        }
+        let mut roles = self
+            .roles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !roles.contains(arn) {
+            if roles.len() >= self.max_roles {
+                return Err(Reject::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    "max_roles reached",
+                ));
+            }
+            roles.insert(arn.to_owned());
+        }
+        Ok(Via {
+            role: Some(Arc::new(Role {
+                arn: arn.to_owned(),
+                external_id: None,
+                session_name: None,
+            })),
+            ..Via::default()
+        })
     }
 
     /// The `route` label of a path.
@@ -231,13 +297,14 @@ impl Api {
         self.check_known(
             pairs,
             extra,
-            &["versionId", "versionStage", "refreshNow"],
+            &["versionId", "versionStage", "refreshNow", "roleArn"],
             true,
         )?;
         let key = Key::Secret(SecretKey {
             id,
             version_id: last(pairs, "versionId").map(str::to_owned),
             version_stage: last(pairs, "versionStage").map(str::to_owned),
+            via: self.role_via(last(pairs, "roleArn"))?,
         });
         let force = refresh_now(pairs)?;
         Ok(compat_answer(self.read(&key, force).await))
@@ -392,6 +459,14 @@ fn fresh(mut resp: Resp, hit: &Hit) -> Resp {
     );
     if hit.stale {
         h.insert("x-sidekey-stale", HeaderValue::from_static("true"));
+    }
+    if let Some(region) = hit
+        .entry
+        .value
+        .region()
+        .and_then(|r| HeaderValue::from_str(r).ok())
+    {
+        h.insert("x-sidekey-region", region);
     }
     resp
 }

@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::METRICS;
-use crate::source::{Key, SharedSource, SourceError};
+use crate::source::{Key, SecretFilter, SharedSource, SourceError};
 
 pub mod backoff;
+pub mod discover;
 mod scheduler;
 pub mod store;
 #[cfg(test)]
@@ -119,6 +120,15 @@ enum Command {
         targets: Vec<Target>,
         reply: oneshot::Sender<PrefetchReport>,
     },
+    Discovered {
+        rule: usize,
+        targets: Vec<Target>,
+        reply: oneshot::Sender<PrefetchReport>,
+    },
+    List {
+        filter: SecretFilter,
+        reply: oneshot::Sender<Result<Vec<String>, SourceError>>,
+    },
     RefreshDue,
     RefreshAll,
     Plan {
@@ -167,6 +177,7 @@ impl Cache {
     /// Reads a key: from the store when fresh, else through the scheduler (coalesced).
     /// `force` skips the cache and reports a backend error even when a cached value exists.
     pub async fn get(&self, key: &Key, force: bool) -> Result<Hit, CacheError> {
+        let key = &*self.store.resolve(key);
         let now = Instant::now();
         if !force && let Some(e) = self.store.get(key).filter(|e| e.is_fresh(now)) {
             METRICS.hit();
@@ -202,9 +213,38 @@ impl Cache {
         Ok(report)
     }
 
+    /// Replaces what discovery rule `rule` found (kept across `configure`); waits until the new
+    /// ones were fetched once.
+    pub async fn discovered(
+        &self,
+        rule: usize,
+        targets: Vec<Target>,
+    ) -> Result<PrefetchReport, CacheError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Discovered {
+            rule,
+            targets,
+            reply,
+        };
+        self.tx.send(cmd).await.map_err(|_| CacheError::Stopped)?;
+        rx.await.map_err(|_| CacheError::Stopped)
+    }
+
+    /// Secret names `filter` matches, listed by the source (through the scheduler, like every
+    /// backend call).
+    pub async fn list(&self, filter: SecretFilter) -> Result<Vec<String>, CacheError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::List { filter, reply };
+        self.tx.send(cmd).await.map_err(|_| CacheError::Stopped)?;
+        Ok(rx.await.map_err(|_| CacheError::Stopped)??)
+    }
+
     /// Adds targets that later `configure` calls keep (keys templates reference); waits until
     /// the new ones were fetched once.
-    pub async fn pin(&self, targets: Vec<Target>) -> Result<PrefetchReport, CacheError> {
+    pub async fn pin(&self, mut targets: Vec<Target>) -> Result<PrefetchReport, CacheError> {
+        for t in &mut targets {
+            t.key = self.store.resolve(&t.key).into_owned();
+        }
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Pin { targets, reply };
         self.tx.send(cmd).await.map_err(|_| CacheError::Stopped)?;

@@ -27,7 +27,7 @@ use super::backoff::jittered;
 use super::store::{Entry, Failure, Map, Origin, Store};
 use super::{Command, Planned, PrefetchReport, Settings, Target};
 use crate::metrics::METRICS;
-use crate::source::{ErrorKind, Fetched, Key, SharedSource, SourceError};
+use crate::source::{ErrorKind, Fetched, Key, SharedSource, SourceError, Via};
 
 type Waiter = oneshot::Sender<Result<Arc<Entry>, SourceError>>;
 
@@ -44,6 +44,10 @@ pub(super) struct Scheduler {
     negative: HashMap<Arc<Key>, Negative>,
     /// Keys added by `pin`, kept across `configure`.
     pinned: HashSet<Arc<Key>>,
+    /// The targets of the last `configure`.
+    configured: HashMap<Arc<Key>, Duration>,
+    /// What each discovery rule found last.
+    discovered: HashMap<usize, HashMap<Arc<Key>, Duration>>,
     /// The generation results of the current batch are stamped with, if they change a value.
     next_generation: u64,
     /// Whether the current batch changed anything (then `next_generation` is published).
@@ -124,6 +128,8 @@ impl Scheduler {
             prefetches: Vec::new(),
             negative: HashMap::new(),
             pinned: HashSet::new(),
+            configured: HashMap::new(),
+            discovered: HashMap::new(),
             next_generation: 0,
             bumped: false,
             tasks: JoinSet::new(),
@@ -166,7 +172,41 @@ impl Scheduler {
                 let key = Arc::new(key);
                 self.request(key, force, Some(reply));
             }
-            Command::Configure { targets, reply } => self.configure(targets, reply),
+            Command::Configure { targets, reply } => {
+                self.configured = wanted(targets);
+                self.reconcile(reply);
+            }
+            Command::Discovered {
+                rule,
+                targets,
+                reply,
+            } => {
+                let found = wanted(targets);
+                let before = self.discovered.get(&rule);
+                let added = found
+                    .keys()
+                    .filter(|k| before.is_none_or(|b| !b.contains_key(*k)))
+                    .count();
+                let removed =
+                    before.map_or(0, |b| b.keys().filter(|k| !found.contains_key(*k)).count());
+                if added + removed > 0 {
+                    tracing::info!(
+                        rule,
+                        found = found.len(),
+                        added,
+                        removed,
+                        "Discovery changed the prefetch set."
+                    );
+                }
+                self.discovered.insert(rule, found);
+                self.reconcile(reply);
+            }
+            Command::List { filter, reply } => {
+                let source = self.source.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(source.discover(&filter).await);
+                });
+            }
             Command::Pin { targets, reply } => self.pin(targets, reply),
             // The loop re-checks deadlines after every command; nothing else to do.
             Command::RefreshDue => {}
@@ -226,12 +266,26 @@ impl Scheduler {
         }
     }
 
-    /// Replaces the configured targets (pinned ones stay) and schedules the new ones.
-    fn configure(&mut self, targets: Vec<Target>, reply: oneshot::Sender<PrefetchReport>) {
-        let wanted: HashMap<Arc<Key>, Duration> = targets
-            .into_iter()
-            .map(|t| (Arc::new(t.key), t.interval))
-            .collect();
+    /// Schedules the configured and discovered targets (pinned ones stay), dropping the rest.
+    fn reconcile(&mut self, reply: oneshot::Sender<PrefetchReport>) {
+        let mut wanted = self.configured.clone();
+        for found in self.discovered.values() {
+            for (k, i) in found {
+                wanted.entry(k.clone()).or_insert(*i);
+            }
+        }
+        // The smallest key wins when two items name one secret in different regions or roles.
+        let mut aliases: HashMap<Key, Arc<Key>> = HashMap::new();
+        for k in wanted.keys().filter(|k| *k.via() != Via::default()) {
+            let plain = (**k).clone().with_via(Via::default());
+            match aliases.get(&plain) {
+                Some(other) if other <= k => {}
+                _ => {
+                    aliases.insert(plain, k.clone());
+                }
+            }
+        }
+        self.store.set_aliases(aliases);
         let dropped: Vec<Arc<Key>> = self
             .scheduled
             .keys()
@@ -258,10 +312,7 @@ impl Scheduler {
 
     /// Adds targets that no reconfiguration drops (keys templates reference).
     fn pin(&mut self, targets: Vec<Target>, reply: oneshot::Sender<PrefetchReport>) {
-        let wanted: HashMap<Arc<Key>, Duration> = targets
-            .into_iter()
-            .map(|t| (Arc::new(t.key), t.interval))
-            .collect();
+        let wanted = wanted(targets);
         self.pinned.extend(wanted.keys().cloned());
         self.schedule(wanted, reply);
     }
@@ -651,6 +702,13 @@ impl Scheduler {
 
 /// Fetches a batch: secrets with a cached version are revalidated first (DescribeSecret) and
 /// re-read only when their version moved; everything else is fetched in one source call.
+fn wanted(targets: Vec<Target>) -> HashMap<Arc<Key>, Duration> {
+    targets
+        .into_iter()
+        .map(|t| (Arc::new(t.key), t.interval))
+        .collect()
+}
+
 async fn fetch_batch(source: SharedSource, jobs: Vec<(Arc<Key>, Option<String>)>) -> Done {
     let started = Instant::now();
     let mut outcomes: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
@@ -716,6 +774,7 @@ fn set_children(
             name: child.name.clone(),
             selector: None,
             decrypt: pk.decrypt,
+            via: pk.via.clone(),
         }));
         if map.get(&key).is_some_and(|e| e.origin == Origin::Prefetch) {
             continue;

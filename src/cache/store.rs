@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::source::{Fetched, Key, PathKey, SourceError};
+use crate::source::{Fetched, Key, PathKey, SourceError, Via};
 
 /// The map type; keys are `Arc` so copy-on-write clones only bump reference counts.
 pub type Map = HashMap<Arc<Key>, Arc<Entry>>;
@@ -22,6 +22,10 @@ pub type Map = HashMap<Arc<Key>, Arc<Entry>>;
 /// Lock-free readable store of cached values.
 pub struct Store {
     map: ArcSwap<Map>,
+    /// Plain keys (default region and identity) of configured items that name a region or a
+    /// role, mapped to those items: a client asking for `db` reads the `db` the config
+    /// reads in eu-west-1 as the cross-account role.
+    aliases: ArcSwap<HashMap<Key, Arc<Key>>>,
     clock: AtomicU64,
     /// Bumped (and broadcast) whenever some value's version changes or a value disappears.
     generation: watch::Sender<u64>,
@@ -73,6 +77,7 @@ impl Default for Store {
     fn default() -> Self {
         Self {
             map: ArcSwap::from_pointee(Map::new()),
+            aliases: ArcSwap::from_pointee(HashMap::new()),
             clock: AtomicU64::new(0),
             generation: watch::Sender::new(0),
         }
@@ -85,6 +90,38 @@ impl Store {
         let entry = self.map.load().get(key).cloned()?;
         entry.last_used.store(self.tick(), Ordering::Relaxed);
         Some(entry)
+    }
+
+    /// The key a read of `key` should use: the configured item it names when it names one
+    /// with a region or role of its own, else `key` itself.
+    pub fn resolve<'a>(&self, key: &'a Key) -> std::borrow::Cow<'a, Key> {
+        let aliases = self.aliases.load();
+        match aliases.get(key) {
+            Some(k) if *key.via() == Via::default() => std::borrow::Cow::Owned((**k).clone()),
+            _ => std::borrow::Cow::Borrowed(key),
+        }
+    }
+
+    /// A snapshot in which the plain keys of configured items with their own region or role
+    /// find those items too, for readers that look keys up themselves (templates, exec).
+    pub fn view(&self) -> Arc<Map> {
+        let map = self.snapshot();
+        let aliases = self.aliases.load();
+        if aliases.is_empty() {
+            return map;
+        }
+        let mut view = (*map).clone();
+        for (plain, key) in aliases.iter() {
+            if let Some(e) = map.get(key) {
+                view.insert(Arc::new(plain.clone()), e.clone());
+            }
+        }
+        Arc::new(view)
+    }
+
+    /// Replaces the alias table (the scheduler, on every reconfiguration).
+    pub(crate) fn set_aliases(&self, aliases: HashMap<Key, Arc<Key>>) {
+        self.aliases.store(Arc::new(aliases));
     }
 
     /// The next LRU stamp.

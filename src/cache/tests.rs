@@ -85,6 +85,7 @@ fn param(name: &str) -> Key {
         name: name.into(),
         selector: None,
         decrypt: true,
+        via: Default::default(),
     })
 }
 
@@ -289,6 +290,7 @@ async fn paths_serve_their_parameters_and_track_additions_and_removals() {
         path: "/app".into(),
         recursive: true,
         decrypt: true,
+        via: Default::default(),
     });
     h.cache.configure(vec![target(path.clone())]).await.unwrap();
     let before = h.calls();
@@ -377,6 +379,7 @@ async fn refresh_all_refetches_scheduled_and_on_demand_keys_in_one_batch() {
         path: "/p".into(),
         recursive: false,
         decrypt: true,
+        via: Default::default(),
     });
     h.cache
         .configure(vec![target(secret("a")), target(path)])

@@ -65,6 +65,8 @@ pub struct Config {
     pub lambda: LambdaConfig,
     /// Rendered files.
     pub templates: Vec<crate::render::TemplateSpec>,
+    /// Secret discovery rules.
+    pub discover: Vec<Discover>,
     /// Compat notices to log once tracing is up (e.g. a clamped PSLE TTL).
     pub warnings: Vec<String>,
     /// The merged raw config, for `check-config`.
@@ -133,6 +135,12 @@ pub struct ApiConfig {
     pub metrics_item_labels: bool,
     /// What requests may read at all.
     pub allow: crate::api::allow::AllowList,
+    /// Distinct `roleArn` values requests may name.
+    pub max_roles: usize,
+    /// Role ARNs requests may name; `None`: any.
+    pub allow_roles: Option<Vec<crate::api::allow::Pattern>>,
+    /// `aws.failover_region`, for keys requests name.
+    pub failover: Option<std::sync::Arc<str>>,
 }
 
 /// Authentication settings.
@@ -313,6 +321,8 @@ pub fn restart_required(old: &RawConfig, new: &RawConfig) -> Vec<&'static str> {
     check("source", old.source == new.source);
     check("log", old.log == new.log);
     check("lambda", old.lambda == new.lambda);
+    check("process", old.process == new.process);
+    check("discover", old.discover == new.discover);
     out
 }
 
@@ -404,4 +414,13 @@ impl Provider for Layer {
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         Ok(Profile::Default.collect(self.dict.clone()))
     }
+}
+
+/// A discovery rule: list secrets by name prefix and tags, prefetch what matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discover {
+    /// What to list.
+    pub filter: crate::source::SecretFilter,
+    /// Listing and refresh interval.
+    pub interval: Duration,
 }

@@ -35,6 +35,8 @@ pub struct RawConfig {
     pub process: RawProcess,
     /// Files rendered from templates.
     pub templates: Vec<RawTemplate>,
+    /// Secrets found by name prefix and tags.
+    pub discover: Vec<RawDiscover>,
 }
 
 /// `[listen]`.
@@ -86,6 +88,10 @@ pub struct RawApi {
     pub allow_secrets: Option<Vec<String>>,
     /// Parameter names and path prefixes requests may read; unset: any.
     pub allow_parameters: Option<Vec<String>>,
+    /// Distinct roles requests may name with `roleArn` (agent: `max_roles`).
+    pub max_roles: u32,
+    /// Role ARNs (`arn`, or `prefix*`) requests may name; unset: any.
+    pub allow_roles: Option<Vec<String>>,
 }
 
 /// `[auth]`.
@@ -134,6 +140,8 @@ pub struct RawCache {
 pub struct RawAws {
     /// Region; the SDK chain decides when unset.
     pub region: Option<String>,
+    /// Region every item without its own `failover_region` fails over to.
+    pub failover_region: Option<String>,
     /// Endpoint for every service (the SDK's `AWS_ENDPOINT_URL*` also work).
     pub endpoint_url: Option<String>,
     /// Whole-operation timeout (retries included); `0s` disables.
@@ -178,6 +186,16 @@ pub struct RawSecret {
     pub version_id: Option<String>,
     /// Own refresh interval.
     pub refresh_interval: Option<Dur>,
+    /// IAM role to assume for this item.
+    pub role_arn: Option<String>,
+    /// `ExternalId` the role's trust policy asks for.
+    pub external_id: Option<String>,
+    /// `RoleSessionName` (default `sidekey`).
+    pub session_name: Option<String>,
+    /// Region to read in (default: the SDK chain's, or the one in an ARN).
+    pub region: Option<String>,
+    /// Region to read when the primary one fails with a transient error.
+    pub failover_region: Option<String>,
 }
 
 /// `[[parameters]]`: exactly one of `name` and `path`.
@@ -196,6 +214,41 @@ pub struct RawParameter {
     pub with_decryption: bool,
     /// Own refresh interval.
     pub refresh_interval: Option<Dur>,
+    /// IAM role to assume for this item.
+    pub role_arn: Option<String>,
+    /// `ExternalId` the role's trust policy asks for.
+    pub external_id: Option<String>,
+    /// `RoleSessionName` (default `sidekey`).
+    pub session_name: Option<String>,
+    /// Region to read in (default: the SDK chain's, or the one in an ARN).
+    pub region: Option<String>,
+    /// Region to read when the primary one fails with a transient error.
+    pub failover_region: Option<String>,
+}
+
+/// `[[discover]]`: every secret matching a name prefix and/or tags, listed again on each
+/// refresh interval.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscover {
+    /// Secret names starting with this.
+    pub name_prefix: Option<String>,
+    /// Tags every match carries (`key = "value"`; an empty value matches any value).
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// How often the listing is repeated (default `cache.refresh_interval`); also the
+    /// refresh interval of what it finds.
+    pub refresh_interval: Option<Dur>,
+    /// IAM role to assume for this item.
+    pub role_arn: Option<String>,
+    /// `ExternalId` the role's trust policy asks for.
+    pub external_id: Option<String>,
+    /// `RoleSessionName` (default `sidekey`).
+    pub session_name: Option<String>,
+    /// Region to read in (default: the SDK chain's, or the one in an ARN).
+    pub region: Option<String>,
+    /// Region to read when the primary one fails with a transient error.
+    pub failover_region: Option<String>,
 }
 
 /// `[log]`.
@@ -372,6 +425,8 @@ impl Default for RawApi {
             metrics_item_labels: false,
             allow_secrets: None,
             allow_parameters: None,
+            max_roles: 20,
+            allow_roles: None,
         }
     }
 }
@@ -415,6 +470,7 @@ impl Default for RawAws {
     fn default() -> Self {
         Self {
             region: None,
+            failover_region: None,
             endpoint_url: None,
             timeout: Some(secs(10)),
             attempt_timeout: Some(secs(4)),

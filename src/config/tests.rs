@@ -320,7 +320,8 @@ with_decryption = false
         Key::Path(PathKey {
             path: "/app/prod".into(),
             recursive: true,
-            decrypt: false
+            decrypt: false,
+            via: Default::default(),
         })
     );
 }
@@ -462,6 +463,10 @@ fn every_key_with_a_malformed_value_is_named() {
             "cache.secrets_ttl",
             "cache.parameters_ttl",
             "aws.region",
+            "aws.failover_region",
+            "api.allow_secrets",
+            "api.allow_parameters",
+            "api.allow_roles",
             "aws.endpoint_url",
             "aws.secrets_manager_timeout",
             "aws.ssm_timeout",
@@ -486,7 +491,17 @@ fn every_key_with_a_malformed_value_is_named() {
         (
             "secrets",
             "id = \"a\"",
-            &["id", "version_stage", "version_id", "refresh_interval"][..],
+            &[
+                "id",
+                "version_stage",
+                "version_id",
+                "refresh_interval",
+                "role_arn",
+                "external_id",
+                "session_name",
+                "region",
+                "failover_region",
+            ][..],
         ),
         (
             "parameters",
@@ -497,6 +512,25 @@ fn every_key_with_a_malformed_value_is_named() {
                 "recursive",
                 "with_decryption",
                 "refresh_interval",
+                "role_arn",
+                "external_id",
+                "session_name",
+                "region",
+                "failover_region",
+            ],
+        ),
+        (
+            "discover",
+            "name_prefix = \"a/\"",
+            &[
+                "name_prefix",
+                "tags",
+                "refresh_interval",
+                "role_arn",
+                "external_id",
+                "session_name",
+                "region",
+                "failover_region",
             ],
         ),
         (
@@ -566,5 +600,60 @@ fn malformed_templates_fail_the_load_with_their_line() {
     check(
         "[[templates]]\ndestination = \"/tmp/x\"\nsource = \"/nonexistent/t.tpl\"",
         &["templates.0.source", "cannot read /nonexistent/t.tpl"],
+    );
+}
+
+#[test]
+fn regions_roles_and_discovery_validate() {
+    let check = |toml: &str, key: &str| {
+        let msg = err(Some(toml), &[]);
+        assert!(msg.contains(key), "{key}: {msg}");
+    };
+    check(
+        "[[secrets]]\nid = \"a\"\nrole_arn = \"arn:aws:iam::1:role/x\"",
+        "secrets.0.role_arn",
+    );
+    check(
+        "[[secrets]]\nid = \"a\"\nexternal_id = \"x\"",
+        "secrets.0.external_id",
+    );
+    check(
+        "[[parameters]]\nname = \"/a\"\nregion = \"Mars\"",
+        "parameters.0.region",
+    );
+    check(
+        "[[secrets]]\nid = \"a\"\nregion = \"eu-west-1\"\nfailover_region = \"eu-west-1\"",
+        "secrets.0.failover_region",
+    );
+    check(
+        "[aws]\nfailover_region = \"nowhere\"",
+        "aws.failover_region",
+    );
+    check("[[discover]]\nrefresh_interval = \"1m\"", "discover.0");
+    check("[api]\nmax_roles = 0", "api.max_roles");
+    check("[api]\nallow_roles = [\"a*b\"]", "api.allow_roles.0");
+    let c = ok(
+        Some(
+            "[aws]\nfailover_region = \"us-west-2\"\n\
+             [[secrets]]\nid = \"a\"\nrole_arn = \"arn:aws-cn:iam::123456789012:role/path/r\"\nexternal_id = \"x\"\nregion = \"cn-north-1\"\n\
+             [[discover]]\ntags = { team = \"blue\" }\n",
+        ),
+        &[],
+    );
+    let via = c.targets[0].key.via();
+    assert_eq!(via.region.as_deref(), Some("cn-north-1"));
+    assert_eq!(
+        via.failover.as_deref(),
+        Some("us-west-2"),
+        "the global failover applies"
+    );
+    let role = via.role.as_ref().unwrap();
+    assert_eq!(
+        (role.arn.as_str(), role.external_id.as_deref()),
+        ("arn:aws-cn:iam::123456789012:role/path/r", Some("x"))
+    );
+    assert_eq!(
+        c.discover[0].filter.tags,
+        [("team".to_owned(), "blue".to_owned())]
     );
 }

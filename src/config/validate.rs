@@ -4,20 +4,22 @@
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::{Figment, Metadata};
 
 use super::raw::{Dur, RawCache, RawConfig, RawListen};
 use super::{
-    ApiConfig, AuthConfig, AwsConfig, Config, ConfigError, LambdaConfig, ListenConfig, LogConfig,
-    PeerAllow, RetryMode, SourceConfig, TokenSource, UnixConfig,
+    ApiConfig, AuthConfig, AwsConfig, Config, ConfigError, Discover, LambdaConfig, ListenConfig,
+    LogConfig, PeerAllow, RetryMode, SourceConfig, TokenSource, UnixConfig,
 };
 use crate::api::allow::{AllowList, Pattern};
 use crate::cache::{Backoff, Settings, Target};
 use crate::refs::{self, RefKind};
 use crate::render::{Action, Destination, SignalTarget, Syntax, TemplateSource, TemplateSpec};
 use crate::source::{Key, PathKey};
+use crate::source::{Role, SecretFilter, Via};
 
 struct Check<'a> {
     fig: &'a Figment,
@@ -97,6 +99,7 @@ pub(super) fn validate(raw: RawConfig, fig: &Figment) -> Result<Config, ConfigEr
             prefetch_on_snapstart: raw.lambda.prefetch_on_snapstart,
         },
         templates: templates(&raw, &c)?,
+        discover: discover(&raw, &c)?,
         warnings: Vec::new(),
         raw,
     })
@@ -245,6 +248,18 @@ fn api(raw: &RawConfig, c: &Check<'_>) -> Result<ApiConfig, ConfigError> {
             secrets: patterns("api.allow_secrets", &raw.api.allow_secrets)?,
             parameters: patterns("api.allow_parameters", &raw.api.allow_parameters)?,
         },
+        max_roles: usize::try_from(raw.api.max_roles)
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| c.err("api.max_roles", "must be between 1 and 100"))?,
+        allow_roles: patterns("api.allow_roles", &raw.api.allow_roles)?,
+        failover: match raw.aws.failover_region.as_deref() {
+            None => None,
+            Some(r) if is_region(r) => Some(Arc::from(r)),
+            Some(_) => {
+                return Err(c.err("aws.failover_region", "expected a region such as eu-west-1"));
+            }
+        },
     })
 }
 
@@ -382,8 +397,20 @@ fn targets(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<Target>, ConfigError> {
         key.version_stage = key.version_stage.or_else(|| s.version_stage.clone());
         key.version_id = key.version_id.or_else(|| s.version_id.clone());
         let interval = interval(&at("refresh_interval"), s.refresh_interval)?;
+        let via = via(
+            c,
+            &at,
+            [
+                &s.role_arn,
+                &s.external_id,
+                &s.session_name,
+                &s.region,
+                &s.failover_region,
+            ],
+            &raw.aws.failover_region,
+        )?;
         out.push(Target {
-            key: Key::Secret(key),
+            key: Key::Secret(key).with_via(via),
             interval,
         });
     }
@@ -410,9 +437,129 @@ fn targets(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<Target>, ConfigError> {
             }
         };
         let interval = interval(&at("refresh_interval"), p.refresh_interval)?;
-        out.push(Target { key, interval });
+        let via = via(
+            c,
+            &at,
+            [
+                &p.role_arn,
+                &p.external_id,
+                &p.session_name,
+                &p.region,
+                &p.failover_region,
+            ],
+            &raw.aws.failover_region,
+        )?;
+        out.push(Target {
+            key: key.with_via(via),
+            interval,
+        });
     }
     Ok(out)
+}
+
+/// An item's region and identity from its `role_arn`, `external_id`, `session_name`,
+/// `region` and `failover_region` fields (in that order); `failover` is the global default.
+fn via(
+    c: &Check<'_>,
+    at: &dyn Fn(&str) -> String,
+    [role_arn, external_id, session_name, region, failover_region]: [&Option<String>; 5],
+    failover: &Option<String>,
+) -> Result<Via, ConfigError> {
+    let role = match role_arn {
+        Some(arn) if refs::is_role_arn(arn) => Some(Arc::new(Role {
+            arn: arn.clone(),
+            external_id: external_id.clone(),
+            session_name: session_name.clone(),
+        })),
+        Some(_) => {
+            return Err(c.err(
+                &at("role_arn"),
+                "expected arn:aws:iam::ACCOUNT:role/NAME (or aws-cn, aws-us-gov)",
+            ));
+        }
+        None if external_id.is_some() => {
+            return Err(c.err(&at("external_id"), "only valid with `role_arn`"));
+        }
+        None if session_name.is_some() => {
+            return Err(c.err(&at("session_name"), "only valid with `role_arn`"));
+        }
+        None => None,
+    };
+    let region_of = |key: &str, r: &Option<String>| match r.as_deref() {
+        None => Ok(None),
+        Some(r) if is_region(r) => Ok(Some(Arc::<str>::from(r))),
+        Some(_) => Err(c.err(key, "expected a region such as eu-west-1")),
+    };
+    let region = region_of(&at("region"), region)?;
+    let failover = match failover_region {
+        Some(_) => region_of(&at("failover_region"), failover_region)?,
+        None => region_of("aws.failover_region", failover)?,
+    };
+    if failover.is_some() && failover == region {
+        return Err(c.err(&at("failover_region"), "must differ from `region`"));
+    }
+    Ok(Via {
+        region,
+        role,
+        failover,
+    })
+}
+
+/// `xx-name-N` (`us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`, …).
+fn is_region(r: &str) -> bool {
+    let parts: Vec<&str> = r.split('-').collect();
+    parts.len() >= 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()))
+        && parts
+            .last()
+            .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+        && r.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn discover(raw: &RawConfig, c: &Check<'_>) -> Result<Vec<Discover>, ConfigError> {
+    let default = positive(c, "cache.refresh_interval", raw.cache.refresh_interval)?;
+    raw.discover
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let at = |f: &str| format!("discover.{i}.{f}");
+            if d.name_prefix.as_deref().is_none_or(str::is_empty) && d.tags.is_empty() {
+                return Err(c.err(
+                    &format!("discover.{i}"),
+                    "set `name_prefix` and/or `tags` (listing every secret is not discovery)",
+                ));
+            }
+            let interval = match d.refresh_interval {
+                Some(d) if d.0 < Duration::from_secs(1) => {
+                    return Err(c.err(&at("refresh_interval"), "must be at least 1s"));
+                }
+                Some(d) => d.0,
+                None => default,
+            };
+            Ok(Discover {
+                filter: SecretFilter {
+                    name_prefix: d.name_prefix.clone().filter(|p| !p.is_empty()),
+                    tags: d.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    via: via(
+                        c,
+                        &at,
+                        [
+                            &d.role_arn,
+                            &d.external_id,
+                            &d.session_name,
+                            &d.region,
+                            &d.failover_region,
+                        ],
+                        &raw.aws.failover_region,
+                    )?,
+                },
+                interval,
+            })
+        })
+        .collect()
 }
 
 fn log(raw: &RawConfig, c: &Check<'_>) -> Result<LogConfig, ConfigError> {

@@ -116,7 +116,7 @@ impl Renderer {
         let mut pinned: Vec<Key> = Vec::new();
         // Each pass can reveal references hidden behind values (`{% if secret(…) %}`).
         for _ in 0..8 {
-            let snapshot = self.cache.store().snapshot();
+            let snapshot = self.cache.store().view();
             let mut missing = Vec::new();
             let mut outputs = Vec::new();
             for spec in &self.specs {
@@ -214,7 +214,7 @@ impl Renderer {
     }
 
     fn rerender(&self, pending: &mut [Option<(Instant, Instant)>]) {
-        let snapshot = self.cache.store().snapshot();
+        let snapshot = self.cache.store().view();
         let now = Instant::now();
         for (spec, slot) in self.specs.iter().zip(pending.iter_mut()) {
             let written = self.render_one(spec, snapshot.clone()).and_then(|r| {

@@ -3,11 +3,13 @@
 //! batches (20 secrets / 10 parameters per call), pages path walks to the end, caps concurrent
 //! calls per client and classifies every error.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{AppName, BehaviorVersion, Region, SdkConfig};
+use aws_sdk_secretsmanager::config::SharedCredentialsProvider;
 use aws_sdk_secretsmanager::config::http::HttpResponse;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::primitives::DateTime;
@@ -15,8 +17,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{
-    ErrorKind, FetchResult, Key, ParamKey, Revalidation, SecretKey, Source, SourceError,
-    SourceFuture, Timestamp,
+    ErrorKind, FetchResult, Key, ParamKey, Revalidation, Role, SecretFilter, SecretKey, Source,
+    SourceError, SourceFuture, Timestamp,
 };
 use crate::config::{AwsConfig, RetryMode};
 use ssm::batchable_param;
@@ -30,13 +32,27 @@ const SECRET_BATCH: usize = 20;
 /// GetParameters accepts at most 10 names; GetParametersByPath pages hold at most 10.
 const PARAM_BATCH: usize = 10;
 
-/// Both AWS clients, each behind its own concurrency cap.
-#[derive(Clone)]
+/// The AWS source: clients per (region, role), built on first use and kept. Keys read with the
+/// default identity in the default region share one set.
 pub struct AwsSource {
+    base: SdkConfig,
+    cfg: AwsConfig,
+    default: Clients,
+    others: tokio::sync::Mutex<HashMap<Identity, Clients>>,
+}
+
+/// Which clients a key needs: the region it is read in and the role assumed for it.
+type Identity = (Option<Arc<str>>, Option<Arc<Role>>);
+
+/// Both service clients for one region and identity, each behind its own concurrency cap.
+#[derive(Clone)]
+pub(crate) struct Clients {
     sm: aws_sdk_secretsmanager::Client,
     ssm: aws_sdk_ssm::Client,
     sm_slots: Arc<Semaphore>,
     ssm_slots: Arc<Semaphore>,
+    /// The region called, reported with every value read here.
+    region: Option<Arc<str>>,
 }
 
 // === AwsSource ===
@@ -44,22 +60,13 @@ pub struct AwsSource {
 impl AwsSource {
     /// Builds the clients from the SDK default chain plus `cfg` overrides. Makes no AWS call.
     pub async fn new(cfg: &AwsConfig) -> Self {
-        let shared = shared_config(cfg).await;
-        let mut sm =
-            aws_sdk_secretsmanager::config::Builder::from(&shared).interceptor(metered::Metered);
-        if let Some(t) = cfg.secrets_manager_timeout {
-            sm = sm.timeout_config(timeouts(cfg).operation_timeout(t).build());
-        }
-        let mut ssm = aws_sdk_ssm::config::Builder::from(&shared).interceptor(metered::Metered);
-        if let Some(t) = cfg.ssm_timeout {
-            ssm = ssm.timeout_config(timeouts(cfg).operation_timeout(t).build());
-        }
-        let slots = || Arc::new(Semaphore::new(cfg.max_connections.get()));
+        let base = shared_config(cfg).await;
+        let default = Clients::new(&base, cfg);
         Self {
-            sm: aws_sdk_secretsmanager::Client::from_conf(sm.build()),
-            ssm: aws_sdk_ssm::Client::from_conf(ssm.build()),
-            sm_slots: slots(),
-            ssm_slots: slots(),
+            base,
+            cfg: cfg.clone(),
+            default,
+            others: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -74,14 +81,124 @@ impl AwsSource {
             .map(drop)
             .map_err(|e| classify(&e))
     }
+
+    /// The clients for `key`: its `via` region, else the region in its ARN, else the default;
+    /// its role assumed with STS (checked once when the clients are built, so a role that
+    /// cannot be assumed is one clear error; the provider then refreshes before expiry).
+    async fn clients(&self, key: &Key, failover: bool) -> Result<Clients, SourceError> {
+        let via = key.via();
+        let region = if failover {
+            via.failover.clone()
+        } else {
+            via.region
+                .clone()
+                .or_else(|| arn_region(key).map(Arc::from))
+        };
+        let region = region.filter(|r| Some(r.as_ref()) != self.default.region.as_deref());
+        if region.is_none() && via.role.is_none() {
+            return Ok(self.default.clone());
+        }
+        let id = (region, via.role.clone());
+        let mut others = self.others.lock().await;
+        if let Some(c) = others.get(&id) {
+            return Ok(c.clone());
+        }
+        let in_region = || {
+            let b = self.base.to_builder();
+            match &id.0 {
+                Some(r) => b.region(Region::new(r.to_string())),
+                None => b,
+            }
+        };
+        let conf = match &id.1 {
+            Some(role) => {
+                let creds = self.assume(role, in_region().build()).await?;
+                in_region().credentials_provider(creds).build()
+            }
+            None => in_region().build(),
+        };
+        let clients = Clients::new(&conf, &self.cfg);
+        others.insert(id, clients.clone());
+        Ok(clients)
+    }
+
+    async fn assume(
+        &self,
+        role: &Role,
+        conf: SdkConfig,
+    ) -> Result<SharedCredentialsProvider, SourceError> {
+        use aws_sdk_secretsmanager::config::ProvideCredentials;
+        let mut b = aws_config::sts::AssumeRoleProvider::builder(&role.arn)
+            .session_name(role.session_name.as_deref().unwrap_or("sidekey"))
+            .configure(&conf);
+        if let Some(x) = &role.external_id {
+            b = b.external_id(x);
+        }
+        let provider = b.build().await;
+        provider.provide_credentials().await.map_err(|e| {
+            SourceError::new(
+                ErrorKind::AccessDenied,
+                "AssumeRoleFailed",
+                format!(
+                    "cannot assume {}: {}",
+                    role.arn,
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+                ),
+            )
+            .with_status(403)
+        })?;
+        Ok(SharedCredentialsProvider::new(provider))
+    }
+
+    /// Fetches `keys` with `failover` clients or the primary ones, grouped per client set.
+    async fn fetch_grouped(&self, keys: &[Key], failover: bool) -> Vec<FetchResult> {
+        let mut groups: Vec<(Clients, Vec<usize>)> = Vec::new();
+        let mut results: Vec<Option<FetchResult>> = keys.iter().map(|_| None).collect();
+        for (i, key) in keys.iter().enumerate() {
+            match self.clients(key, failover).await {
+                Ok(c) => match groups.iter_mut().find(|(g, _)| g.same(&c)) {
+                    Some((_, idx)) => idx.push(i),
+                    None => groups.push((c, vec![i])),
+                },
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        for (clients, idx) in groups {
+            let group: Vec<Key> = idx.iter().map(|&i| keys[i].clone()).collect();
+            for (i, r) in idx.into_iter().zip(clients.fetch(&group).await) {
+                results[i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(lost())))
+            .collect()
+    }
 }
 
 impl Source for AwsSource {
     fn fetch<'a>(&'a self, keys: &'a [Key]) -> SourceFuture<'a, Vec<FetchResult>> {
         Box::pin(async move {
-            let mut results: Vec<Option<FetchResult>> = keys.iter().map(|_| None).collect();
-            self.fetch_batches(keys, &mut results).await;
-            self.fetch_singles(keys, results).await
+            let mut results = self.fetch_grouped(keys, false).await;
+            // Transient failures of keys with a failover region are read there; a 4xx (not
+            // found, access denied, throttled) never fails over.
+            let retry: Vec<usize> = (0..keys.len())
+                .filter(|&i| keys[i].via().failover.is_some())
+                .filter(|&i| matches!(&results[i], Err(e) if e.kind == ErrorKind::Transient))
+                .collect();
+            if !retry.is_empty() {
+                let again: Vec<Key> = retry.iter().map(|&i| keys[i].clone()).collect();
+                for (i, r) in retry
+                    .into_iter()
+                    .zip(self.fetch_grouped(&again, true).await)
+                {
+                    if let Err(e) = &results[i] {
+                        tracing::warn!(key = %keys[i], error = %e, "Primary region failed; read the failover region.");
+                    }
+                    results[i] = r;
+                }
+            }
+            results
         })
     }
 
@@ -90,11 +207,150 @@ impl Source for AwsSource {
         key: &'a SecretKey,
         version_id: &'a str,
     ) -> SourceFuture<'a, Result<Revalidation, SourceError>> {
-        Box::pin(self.describe(key, version_id))
+        Box::pin(async move {
+            let k = Key::Secret(key.clone());
+            let primary = match self.clients(&k, false).await {
+                Ok(c) => c.describe(key, version_id).await,
+                Err(e) => Err(e),
+            };
+            match primary {
+                Err(e) if e.kind == ErrorKind::Transient && key.via.failover.is_some() => {
+                    self.clients(&k, true)
+                        .await?
+                        .describe(key, version_id)
+                        .await
+                }
+                r => r,
+            }
+        })
+    }
+
+    fn discover<'a>(
+        &'a self,
+        filter: &'a SecretFilter,
+    ) -> SourceFuture<'a, Result<Vec<String>, SourceError>> {
+        Box::pin(self.list(filter))
     }
 }
 
 impl AwsSource {
+    /// ListSecrets (100 per page, paged to the end) with the name prefix and tag keys as
+    /// server-side filters; tag values are checked here, since the service matches keys and
+    /// values independently. Secrets scheduled for deletion are not listed.
+    async fn list(&self, filter: &SecretFilter) -> Result<Vec<String>, SourceError> {
+        use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+        let probe = Key::Secret(SecretKey {
+            id: String::new(),
+            version_id: None,
+            version_stage: None,
+            via: filter.via.clone(),
+        });
+        let clients = self.clients(&probe, false).await?;
+        let mut filters = Vec::new();
+        if let Some(prefix) = &filter.name_prefix {
+            filters.push(
+                Filter::builder()
+                    .key(FilterNameStringType::Name)
+                    .values(prefix)
+                    .build(),
+            );
+        }
+        for (key, _) in &filter.tags {
+            filters.push(
+                Filter::builder()
+                    .key(FilterNameStringType::TagKey)
+                    .values(key)
+                    .build(),
+            );
+        }
+        let mut names = Vec::new();
+        let mut token = None;
+        loop {
+            let _slot = clients.sm_slots.acquire().await;
+            let out = clients
+                .sm
+                .list_secrets()
+                .set_filters(Some(filters.clone()))
+                .max_results(100)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify(&e))?;
+            for s in out.secret_list() {
+                let tags: Vec<(&str, &str)> = s
+                    .tags()
+                    .iter()
+                    .map(|t| (t.key().unwrap_or_default(), t.value().unwrap_or_default()))
+                    .collect();
+                if let Some(name) = s.name()
+                    && filter.matches(name, &tags)
+                {
+                    names.push(name.to_owned());
+                }
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+}
+
+fn lost() -> SourceError {
+    SourceError::new(ErrorKind::Transient, "InternalFailure", "fetch task failed")
+}
+
+/// The region named in a key's ARN, if it is one.
+fn arn_region(key: &Key) -> Option<&str> {
+    let id = match key {
+        Key::Secret(k) => &k.id,
+        Key::Parameter(k) => &k.name,
+        Key::Path(_) => return None,
+    };
+    id.strip_prefix("arn:")
+        .and_then(|rest| rest.split(':').nth(2))
+        .filter(|r| !r.is_empty())
+}
+
+// === Clients ===
+
+impl Clients {
+    fn new(shared: &SdkConfig, cfg: &AwsConfig) -> Self {
+        let mut sm =
+            aws_sdk_secretsmanager::config::Builder::from(shared).interceptor(metered::Metered);
+        if let Some(t) = cfg.secrets_manager_timeout {
+            sm = sm.timeout_config(timeouts(cfg).operation_timeout(t).build());
+        }
+        let mut ssm = aws_sdk_ssm::config::Builder::from(shared).interceptor(metered::Metered);
+        if let Some(t) = cfg.ssm_timeout {
+            ssm = ssm.timeout_config(timeouts(cfg).operation_timeout(t).build());
+        }
+        let slots = || Arc::new(Semaphore::new(cfg.max_connections.get()));
+        Self {
+            sm: aws_sdk_secretsmanager::Client::from_conf(sm.build()),
+            ssm: aws_sdk_ssm::Client::from_conf(ssm.build()),
+            sm_slots: slots(),
+            ssm_slots: slots(),
+            region: shared.region().map(|r| Arc::from(r.as_ref())),
+        }
+    }
+
+    /// The same clients (one identity and region).
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.sm_slots, &other.sm_slots)
+    }
+
+    async fn fetch(&self, keys: &[Key]) -> Vec<FetchResult> {
+        let mut results: Vec<Option<FetchResult>> = keys.iter().map(|_| None).collect();
+        self.fetch_batches(keys, &mut results).await;
+        self.fetch_singles(keys, results).await
+    }
+}
+
+impl Clients {
     /// Fills `results` for every key a batch API can answer.
     async fn fetch_batches(&self, keys: &[Key], results: &mut [Option<FetchResult>]) {
         let batchable_secret = |k: &Key| match k {
@@ -173,15 +429,7 @@ impl AwsSource {
         }
         results
             .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(SourceError::new(
-                        ErrorKind::Transient,
-                        "InternalFailure",
-                        "fetch task failed",
-                    ))
-                })
-            })
+            .map(|r| r.unwrap_or_else(|| Err(lost())))
             .collect()
     }
 }
@@ -314,6 +562,7 @@ mod tests {
             name: name.into(),
             selector: None,
             decrypt: false,
+            via: Default::default(),
         };
         assert!(batchable_param(&p("/a/b")));
         assert!(!batchable_param(&p("arn:aws:ssm:r:1:parameter/a")));

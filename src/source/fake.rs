@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::memory::{Catalog, PayloadData};
-use super::{FetchResult, Key, Revalidation, SecretKey, Source, SourceError, SourceFuture};
+use super::{
+    FetchResult, Key, Revalidation, SecretFilter, SecretKey, Source, SourceError, SourceFuture,
+};
 
 /// The fake. All knobs take `&self` so tests can share it behind an `Arc`.
 #[derive(Default)]
@@ -143,6 +145,16 @@ impl Source for FakeSource {
                 unchanged,
                 next_rotation,
             })
+        })
+    }
+
+    fn discover<'a>(
+        &'a self,
+        filter: &'a SecretFilter,
+    ) -> SourceFuture<'a, Result<Vec<String>, SourceError>> {
+        Box::pin(async move {
+            self.delay().await?;
+            Ok(self.catalog().secret_names(filter))
         })
     }
 }

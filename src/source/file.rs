@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::memory::{Catalog, PayloadData, SecretVersion};
 use super::{
-    ErrorKind, FetchResult, Key, Revalidation, SecretKey, Source, SourceError, SourceFuture,
+    ErrorKind, FetchResult, Key, Revalidation, SecretFilter, SecretKey, Source, SourceError,
+    SourceFuture,
 };
 
 /// Serves values from a file.
@@ -148,6 +149,13 @@ impl Source for FileSource {
             })
         })
     }
+
+    fn discover<'a>(
+        &'a self,
+        filter: &'a SecretFilter,
+    ) -> SourceFuture<'a, Result<Vec<String>, SourceError>> {
+        Box::pin(async move { Ok(self.catalog()?.secret_names(filter)) })
+    }
 }
 
 /// A single `AWSCURRENT` version whose id is derived from the content, so an edited value gets
@@ -268,6 +276,7 @@ stages = ["AWSCURRENT"]
                 id: "demo/rotated".into(),
                 version_stage: Some("AWSPREVIOUS".into()),
                 version_id: None,
+                via: Default::default(),
             }),
         ];
         let got = src.fetch(&keys).await;

@@ -9,7 +9,7 @@ use secrecy::{SecretBox, SecretString};
 
 use super::{
     FetchResult, Fetched, Key, ParamKey, ParamSelector, ParameterValue, PathKey, Payload,
-    SecretKey, SecretValue, SourceError, Timestamp,
+    SecretFilter, SecretKey, SecretValue, SourceError, Timestamp,
 };
 
 const REGION: &str = "local";
@@ -115,6 +115,16 @@ impl Catalog {
     }
 
     /// Answers one key with the services' semantics.
+    /// Secret names `filter` matches (the catalog has no tags, so a filter naming tags
+    /// matches nothing), sorted.
+    pub fn secret_names(&self, filter: &SecretFilter) -> Vec<String> {
+        self.secrets
+            .keys()
+            .filter(|n| filter.matches(n, &[]))
+            .cloned()
+            .collect()
+    }
+
     pub fn get(&self, key: &Key) -> FetchResult {
         match key {
             Key::Secret(k) => self.secret(k).map(Fetched::Secret),
@@ -152,6 +162,7 @@ impl Catalog {
                 PayloadData::Text(t) => Payload::Text(SecretString::from(t.as_str())),
                 PayloadData::Binary(b) => Payload::Binary(SecretBox::new(b.clone().into())),
             },
+            region: None,
         }))
     }
 
@@ -194,6 +205,7 @@ impl Catalog {
                     name: name.clone(),
                     selector: None,
                     decrypt: key.decrypt,
+                    via: key.via.clone(),
                 };
                 Some(Arc::new(param_value(name, entry, i, v, &pk)))
             })
@@ -238,6 +250,7 @@ fn param_value(
         data_type: Some("text".to_owned()),
         selector: key.selector_suffix(),
         source_result: None,
+        region: None,
     }
 }
 
@@ -272,6 +285,7 @@ mod tests {
                 id: "s".into(),
                 version_stage: stage.map(Into::into),
                 version_id: id.map(Into::into),
+                via: Default::default(),
             })
         };
         assert_eq!(text(c.get(&key(None, None))), "two");
@@ -299,6 +313,7 @@ mod tests {
                 name: name.into(),
                 selector,
                 decrypt,
+                via: Default::default(),
             })
         };
         assert_eq!(text(c.get(&p("/app/a", None, false))), "a2");
@@ -319,6 +334,7 @@ mod tests {
                 path: "/app".into(),
                 recursive,
                 decrypt: true,
+                via: Default::default(),
             })
         };
         assert_eq!(text(c.get(&path(false))), "/app/a");

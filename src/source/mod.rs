@@ -33,6 +33,36 @@ pub trait Source: Send + Sync + 'static {
         key: &'a SecretKey,
         version_id: &'a str,
     ) -> SourceFuture<'a, Result<Revalidation, SourceError>>;
+
+    /// Names of the secrets `filter` matches (discovery), sorted.
+    fn discover<'a>(
+        &'a self,
+        filter: &'a SecretFilter,
+    ) -> SourceFuture<'a, Result<Vec<String>, SourceError>>;
+}
+
+/// Which secrets a discovery rule lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretFilter {
+    /// Names starting with this.
+    pub name_prefix: Option<String>,
+    /// Tags a secret must carry (`key`, `value`); an empty value matches any value.
+    pub tags: Vec<(String, String)>,
+    /// Region and identity to list with (and to read what is found).
+    pub via: Via,
+}
+
+impl SecretFilter {
+    /// Whether a secret with `name` and `tags` matches.
+    pub fn matches(&self, name: &str, tags: &[(&str, &str)]) -> bool {
+        self.name_prefix
+            .as_deref()
+            .is_none_or(|p| name.starts_with(p))
+            && self.tags.iter().all(|(k, v)| {
+                tags.iter()
+                    .any(|(tk, tv)| tk == k && (v.is_empty() || tv == v))
+            })
+    }
 }
 
 /// What a revalidation learned about a cached secret.
@@ -67,6 +97,32 @@ pub struct SecretKey {
     pub version_id: Option<String>,
     /// `VersionStage` selector; `None` means the service default (`AWSCURRENT`).
     pub version_stage: Option<String>,
+    /// Region and identity.
+    pub via: Via,
+}
+
+/// Where and as whom a key is read; the default is the SDK chain's credentials in its region
+/// (or, for an ARN, the ARN's region). Part of every key, so two identities or regions never
+/// share a cache entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Via {
+    /// Region to read in.
+    pub region: Option<Arc<str>>,
+    /// Role to assume first.
+    pub role: Option<Arc<Role>>,
+    /// Region to read when the primary one fails with a transient error.
+    pub failover: Option<Arc<str>>,
+}
+
+/// An IAM role to assume with STS.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Role {
+    /// Role ARN.
+    pub arn: String,
+    /// `ExternalId`, when the role's trust policy asks for one.
+    pub external_id: Option<String>,
+    /// `RoleSessionName`; default `sidekey`.
+    pub session_name: Option<String>,
 }
 
 /// One SSM parameter, with its selector and decryption flag.
@@ -78,6 +134,8 @@ pub struct ParamKey {
     pub selector: Option<ParamSelector>,
     /// `WithDecryption`; SecureString values differ with and without it.
     pub decrypt: bool,
+    /// Region and identity.
+    pub via: Via,
 }
 
 /// The part after the colon in `name:selector`.
@@ -98,6 +156,8 @@ pub struct PathKey {
     pub recursive: bool,
     /// `WithDecryption`.
     pub decrypt: bool,
+    /// Region and identity.
+    pub via: Via,
 }
 
 /// A fetched value. Values are [`SecretString`]/[`SecretBox`] so `Debug` never prints them.
@@ -124,6 +184,8 @@ pub struct SecretValue {
     pub version_stages: Vec<String>,
     /// Creation time of this version.
     pub created_date: Option<Timestamp>,
+    /// AWS region it was read in (`None`: not from AWS).
+    pub region: Option<Arc<str>>,
     /// The payload.
     pub payload: Payload,
 }
@@ -158,6 +220,8 @@ pub struct ParameterValue {
     pub selector: Option<String>,
     /// Raw Secrets Manager result for `/aws/reference/secretsmanager/…` names.
     pub source_result: Option<SecretString>,
+    /// AWS region it was read in (`None`: not from AWS).
+    pub region: Option<Arc<str>>,
 }
 
 /// A UTC instant with nanosecond precision, formatted as Go's RFC 3339 nano (PSLE shape).
@@ -203,6 +267,25 @@ pub struct SourceError {
 // === Key ===
 
 impl Key {
+    /// Region and identity the key is read with.
+    pub fn via(&self) -> &Via {
+        match self {
+            Key::Secret(k) => &k.via,
+            Key::Parameter(k) => &k.via,
+            Key::Path(k) => &k.via,
+        }
+    }
+
+    /// The same key read with `via`.
+    pub fn with_via(mut self, via: Via) -> Self {
+        match &mut self {
+            Key::Secret(k) => k.via = via,
+            Key::Parameter(k) => k.via = via,
+            Key::Path(k) => k.via = via,
+        }
+        self
+    }
+
     /// The kind of backend object as a short word, for logs and errors.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -254,6 +337,13 @@ impl fmt::Display for Key {
         if let Key::Path(k) = self {
             write!(f, " recursive={}", k.recursive)?;
         }
+        let via = self.via();
+        if let Some(role) = &via.role {
+            write!(f, " as {}", role.arn)?;
+        }
+        if let Some(region) = &via.region {
+            write!(f, " in {region}")?;
+        }
         Ok(())
     }
 }
@@ -265,6 +355,7 @@ impl SecretKey {
             id: id.into(),
             version_id: None,
             version_stage: None,
+            via: Via::default(),
         }
     }
 }
@@ -281,6 +372,7 @@ impl PathKey {
             },
             recursive,
             decrypt,
+            via: Via::default(),
         }
     }
 }
@@ -308,6 +400,15 @@ impl ParamKey {
 // === Fetched ===
 
 impl Fetched {
+    /// The AWS region the value was read in, when it came from AWS.
+    pub fn region(&self) -> Option<&str> {
+        match self {
+            Fetched::Secret(s) => s.region.as_deref(),
+            Fetched::Parameter(p) => p.region.as_deref(),
+            Fetched::Path(ps) => ps.first().and_then(|p| p.region.as_deref()),
+        }
+    }
+
     /// A version marker used to detect changes (never the value itself).
     pub fn version(&self) -> String {
         match self {
@@ -496,6 +597,7 @@ mod tests {
             version_stages: vec![],
             created_date: None,
             payload: Payload::Text(SecretString::from("hunter2-value")),
+            region: None,
         }));
         let b = Payload::Binary(SecretBox::new(b"bin-value".to_vec().into()));
         let printed = format!("{s:?} {b:?}");
@@ -519,6 +621,7 @@ mod tests {
                 data_type: None,
                 selector: None,
                 source_result: None,
+                region: None,
             })
         };
         let f = Fetched::Path(vec![p("/a", 1), p("/b", 2)].into());

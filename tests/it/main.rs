@@ -10,6 +10,7 @@ mod faults;
 mod hostile;
 mod inprocess;
 mod lambda;
+mod reach;
 mod server;
 mod support;
 mod templates;

@@ -26,6 +26,12 @@ struct Item {
     origin: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     under: Option<String>,
+    /// Role assumed to read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
+    /// Region that served the value (the failover region while the primary fails).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,6 +82,8 @@ impl Api {
                     id: key.name(),
                     origin,
                     under,
+                    role: key.via().role.as_ref().map(|r| r.arn.clone()),
+                    region: e.value.region().map(str::to_owned),
                     version,
                     parameters,
                     age_seconds: e.age(now).as_secs(),
@@ -93,7 +101,7 @@ impl Api {
                 }
             })
             .collect();
-        items.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+        items.sort_by(|a, b| (a.kind, &a.id, &a.role).cmp(&(b.kind, &b.id, &b.role)));
         let ready = self.ready.load(std::sync::atomic::Ordering::Acquire);
         Ok(dto::json(StatusCode::OK, &Status { ready, items }))
     }

@@ -57,6 +57,9 @@ fn setup(strict: bool) -> T {
         metrics_token: true,
         metrics_item_labels: strict,
         allow: Default::default(),
+        max_roles: 2,
+        allow_roles: None,
+        failover: None,
     };
     let api = Api::new(
         cache,

@@ -17,6 +17,7 @@ fn secret(map: &mut Map, id: &str, value: &str) {
         version_stages: vec!["AWSCURRENT".into()],
         created_date: None,
         payload: Payload::Text(SecretString::from(value)),
+        region: None,
     }));
     let key = Key::Secret(SecretKey::current(id));
     map.insert(
@@ -36,6 +37,7 @@ fn param(name: &str, value: &str) -> Arc<ParameterValue> {
         data_type: None,
         selector: None,
         source_result: None,
+        region: None,
     })
 }
 
@@ -51,6 +53,7 @@ fn snapshot() -> Arc<Map> {
         name: "/app/url".into(),
         selector: None,
         decrypt: true,
+        via: Default::default(),
     });
     let entry = Entry::new(
         Fetched::Parameter(p.clone()),
@@ -64,6 +67,7 @@ fn snapshot() -> Arc<Map> {
         path: "/app".into(),
         recursive: false,
         decrypt: true,
+        via: Default::default(),
     });
     let v = Fetched::Path(vec![p, param("/app/mode", "prod")].into());
     map.insert(

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use aws_sdk_secretsmanager::primitives::{Blob, DateTime};
 use secrecy::{SecretBox, SecretString};
 
-use super::{AwsSource, classify, classify_code, timestamp};
+use super::{Clients, classify, classify_code, timestamp};
 use crate::source::{
     ErrorKind, FetchResult, Fetched, Payload, Revalidation, SecretKey, SecretValue, SourceError,
 };
 
-impl AwsSource {
+impl Clients {
     pub(super) async fn get_secret(&self, key: SecretKey) -> FetchResult {
         let _slot = self.sm_slots.acquire().await;
         let out = self
@@ -32,6 +32,7 @@ impl AwsSource {
             created: out.created_date(),
             string: out.secret_string(),
             binary: out.secret_binary(),
+            region: self.region.clone(),
         })
     }
 
@@ -71,6 +72,7 @@ impl AwsSource {
                     created: e.created_date(),
                     string: e.secret_string(),
                     binary: e.secret_binary(),
+                    region: self.region.clone(),
                 });
                 for id in [e.name(), e.arn()].into_iter().flatten() {
                     found.insert(id.to_owned(), value.clone());
@@ -144,6 +146,7 @@ pub(super) struct SecretParts<'a> {
     created: Option<&'a DateTime>,
     string: Option<&'a str>,
     binary: Option<&'a Blob>,
+    region: Option<Arc<str>>,
 }
 
 pub(super) fn secret_value(p: SecretParts<'_>) -> FetchResult {
@@ -165,5 +168,6 @@ pub(super) fn secret_value(p: SecretParts<'_>) -> FetchResult {
         version_stages: p.stages.to_vec(),
         created_date: p.created.map(timestamp),
         payload,
+        region: p.region,
     })))
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use aws_sdk_ssm::types::Parameter;
 use secrecy::SecretString;
 
-use super::{AwsSource, PARAM_BATCH, classify, timestamp};
+use super::{Clients, PARAM_BATCH, classify, timestamp};
 use crate::source::{FetchResult, Fetched, Key, ParamKey, ParameterValue, PathKey, SourceError};
 
-impl AwsSource {
+impl Clients {
     pub(super) async fn get_parameter(&self, key: ParamKey) -> FetchResult {
         let _slot = self.ssm_slots.acquire().await;
         let out = self
@@ -23,7 +23,11 @@ impl AwsSource {
         let p = out
             .parameter()
             .ok_or_else(|| SourceError::not_found(&Key::Parameter(key.clone())))?;
-        Ok(Fetched::Parameter(Arc::new(parameter_value(p, &key))))
+        Ok(Fetched::Parameter(Arc::new(parameter_value(
+            p,
+            &key,
+            &self.region,
+        ))))
     }
 
     /// GetParameters for up to 10 unselected names with the same decryption flag. Names missing
@@ -47,7 +51,11 @@ impl AwsSource {
         keys.iter()
             .map(|k| {
                 if let Some(p) = out.parameters().iter().find(|p| p.name() == Some(&k.name)) {
-                    Some(Ok(Fetched::Parameter(Arc::new(parameter_value(p, k)))))
+                    Some(Ok(Fetched::Parameter(Arc::new(parameter_value(
+                        p,
+                        k,
+                        &self.region,
+                    )))))
                 } else if out.invalid_parameters().contains(&k.name) {
                     Some(Err(SourceError::not_found(&Key::Parameter(k.clone()))))
                 } else {
@@ -79,8 +87,9 @@ impl AwsSource {
                     name: p.name().unwrap_or_default().to_owned(),
                     selector: None,
                     decrypt: key.decrypt,
+                    via: key.via.clone(),
                 };
-                all.push(Arc::new(parameter_value(p, &pk)));
+                all.push(Arc::new(parameter_value(p, &pk, &self.region)));
             }
             token = out.next_token().map(str::to_owned);
             if token.is_none() {
@@ -96,7 +105,7 @@ pub(super) fn batchable_param(p: &ParamKey) -> bool {
     p.selector.is_none() && !p.name.starts_with("arn:") && !p.name.starts_with("/aws/reference/")
 }
 
-fn parameter_value(p: &Parameter, key: &ParamKey) -> ParameterValue {
+fn parameter_value(p: &Parameter, key: &ParamKey, region: &Option<Arc<str>>) -> ParameterValue {
     ParameterValue {
         arn: p.arn().unwrap_or_default().to_owned(),
         name: p.name().unwrap_or_default().to_owned(),
@@ -111,5 +120,6 @@ fn parameter_value(p: &Parameter, key: &ParamKey) -> ParameterValue {
             .map(str::to_owned)
             .or_else(|| key.selector_suffix()),
         source_result: p.source_result().map(SecretString::from),
+        region: region.clone(),
     }
 }

@@ -37,14 +37,20 @@ pub enum Fault {
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub at: Instant,
-    /// `X-Amz-Target` operation, e.g. `GetParameters`.
+    /// `X-Amz-Target` operation, e.g. `GetParameters` (`Action=` for STS).
     pub op: String,
     pub fault: Fault,
+    /// Access key id the request was signed with.
+    pub access_key: String,
+    /// Region of the signature's scope.
+    pub region: String,
 }
 
 struct Shared {
     upstream: SocketAddr,
     fault: Mutex<Fault>,
+    /// Faults for requests signed for one region (override `fault`).
+    region_faults: Mutex<std::collections::HashMap<String, Fault>>,
     seen: Mutex<Vec<Seen>>,
     stop: AtomicBool,
 }
@@ -68,6 +74,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream,
             fault: Mutex::new(Fault::Pass),
+            region_faults: Mutex::default(),
             seen: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
@@ -81,6 +88,15 @@ impl FaultProxy {
 
     pub fn set(&self, fault: Fault) {
         *self.shared.fault.lock().unwrap() = fault;
+    }
+
+    /// A fault only for requests signed for `region` (`Pass` clears it).
+    pub fn set_region(&self, region: &str, fault: Fault) {
+        self.shared
+            .region_faults
+            .lock()
+            .unwrap()
+            .insert(region.to_owned(), fault);
     }
 
     /// Requests seen so far.
@@ -145,26 +161,62 @@ fn serve(s: &Shared, client: TcpStream) -> std::io::Result<()> {
         let Some((head, body)) = read_request(&mut reader)? else {
             return Ok(());
         };
-        let fault = s.fault();
-        let op = head
-            .lines()
-            .find_map(|l| {
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
                 let (k, v) = l.split_once(':')?;
                 k.trim()
-                    .eq_ignore_ascii_case("x-amz-target")
-                    .then(|| v.trim().rsplit('.').next().unwrap_or_default().to_owned())
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_owned())
+            })
+        };
+        let op = header("x-amz-target")
+            .map(|t| t.rsplit('.').next().unwrap_or_default().to_owned())
+            .or_else(|| {
+                let body = String::from_utf8_lossy(&body);
+                body.split('&')
+                    .find_map(|p| p.strip_prefix("Action=").map(str::to_owned))
             })
             .unwrap_or_default();
+        // `Credential=AKID/DATE/REGION/SERVICE/aws4_request`
+        let scope: Vec<String> = header("authorization")
+            .and_then(|a| {
+                let c = a.split("Credential=").nth(1)?;
+                Some(
+                    c.split([',', ' '])
+                        .next()?
+                        .split('/')
+                        .map(str::to_owned)
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        let region = scope.get(2).cloned().unwrap_or_default();
+        let fault = s
+            .region_faults
+            .lock()
+            .unwrap()
+            .get(&region)
+            .copied()
+            .unwrap_or_else(|| s.fault());
         s.seen.lock().unwrap().push(Seen {
             at: Instant::now(),
             op,
             fault,
+            access_key: scope.first().cloned().unwrap_or_default(),
+            region,
         });
         match fault {
             // Accepted just before the port closed: as good as refused.
             Fault::Refuse => return Ok(()),
             Fault::Hang => {
-                while s.fault() == Fault::Hang && !s.stop.load(Ordering::SeqCst) {
+                while (s.fault() == Fault::Hang
+                    || s.region_faults
+                        .lock()
+                        .unwrap()
+                        .values()
+                        .any(|f| *f == Fault::Hang))
+                    && !s.stop.load(Ordering::SeqCst)
+                {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 return Ok(());
