@@ -96,9 +96,12 @@ impl Store {
     /// with a region or role of its own, else `key` itself.
     pub fn resolve<'a>(&self, key: &'a Key) -> std::borrow::Cow<'a, Key> {
         let aliases = self.aliases.load();
+        if aliases.is_empty() || *key.via() != Via::default() {
+            return std::borrow::Cow::Borrowed(key);
+        }
         match aliases.get(key) {
-            Some(k) if *key.via() == Via::default() => std::borrow::Cow::Owned((**k).clone()),
-            _ => std::borrow::Cow::Borrowed(key),
+            Some(k) => std::borrow::Cow::Owned((**k).clone()),
+            None => std::borrow::Cow::Borrowed(key),
         }
     }
 

@@ -38,8 +38,20 @@ pub struct AwsSource {
     base: SdkConfig,
     cfg: AwsConfig,
     default: Clients,
-    others: tokio::sync::Mutex<HashMap<Identity, Clients>>,
+    others: tokio::sync::Mutex<HashMap<Identity, Built>>,
 }
+
+/// Clients for an identity, or the AssumeRole failure that is answered (without asking STS
+/// again) until `until`.
+#[derive(Clone)]
+enum Built {
+    Ready(Clients),
+    Refused(tokio::time::Instant, SourceError),
+}
+
+/// How long a role that could not be assumed is not tried again: requests naming it then
+/// cannot turn into a stream of STS calls.
+const ASSUME_HOLD_OFF: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Which clients a key needs: the region it is read in and the role assumed for it.
 type Identity = (Option<Arc<str>>, Option<Arc<Role>>);
@@ -100,8 +112,12 @@ impl AwsSource {
         }
         let id = (region, via.role.clone());
         let mut others = self.others.lock().await;
-        if let Some(c) = others.get(&id) {
-            return Ok(c.clone());
+        match others.get(&id) {
+            Some(Built::Ready(c)) => return Ok(c.clone()),
+            Some(Built::Refused(until, e)) if tokio::time::Instant::now() < *until => {
+                return Err(e.clone());
+            }
+            _ => {}
         }
         let in_region = || {
             let b = self.base.to_builder();
@@ -111,14 +127,18 @@ impl AwsSource {
             }
         };
         let conf = match &id.1 {
-            Some(role) => {
-                let creds = self.assume(role, in_region().build()).await?;
-                in_region().credentials_provider(creds).build()
-            }
+            Some(role) => match self.assume(role, in_region().build()).await {
+                Ok(creds) => in_region().credentials_provider(creds).build(),
+                Err(e) => {
+                    let until = tokio::time::Instant::now() + ASSUME_HOLD_OFF;
+                    others.insert(id, Built::Refused(until, e.clone()));
+                    return Err(e);
+                }
+            },
             None => in_region().build(),
         };
         let clients = Clients::new(&conf, &self.cfg);
-        others.insert(id, clients.clone());
+        others.insert(id, Built::Ready(clients.clone()));
         Ok(clients)
     }
 
