@@ -228,12 +228,7 @@ fn serves_the_api_and_renders_templates_alongside_the_child() {
     }
     let mut child = Kill(child);
     let mut lines = BufReader::new(stdout).lines();
-    let listening = lines.next().unwrap().unwrap();
-    let addr: std::net::SocketAddr = listening
-        .strip_prefix("sidekey listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = crate::support::listening_addr(&lines.next().unwrap().unwrap());
     assert_eq!(
         lines.next().unwrap().unwrap(),
         "pw=Pa55-w0rd-XYZZY",

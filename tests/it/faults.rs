@@ -263,12 +263,7 @@ fn failed_renders_and_restarts_never_take_the_api_down() {
     let mut stdout = BufReader::new(sk.child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .strip_prefix("sidekey listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = crate::support::listening_addr(&line);
     let read = |uri: &str| {
         crate::support::get(
             addr,

@@ -74,14 +74,7 @@ fn items_and_requests_read_through_assumed_roles() {
     // A plain request for the name reads that item; /status says as whom.
     let r = sk.get(&format!("/secret?id={name}&raw=true"));
     assert_eq!((r.status, r.body.as_str()), (200, "shared-value"));
-    let status = sk.get("/status").json();
-    let item = status["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == name.as_str())
-        .unwrap()
-        .clone();
+    let item = sk.status_item(&name);
     assert_eq!(item["role"], ROLE);
     assert_eq!(item["region"], "us-east-1");
     // roleArn on the agent's route: allowed role once, then the limits.
@@ -190,15 +183,7 @@ fn items_read_in_their_region_and_fail_over_only_on_transient_errors() {
         let r = read(&replicated);
         assert_eq!(r.header("x-sidekey-region"), Some("us-east-1"), "{fault:?}");
     }
-    let status = sk.get("/status").json();
-    let item = status["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == replicated.as_str())
-        .unwrap()
-        .clone();
-    assert_eq!(item["region"], "us-east-1");
+    assert_eq!(sk.status_item(&replicated)["region"], "us-east-1");
     proxy.set_region("eu-west-1", Fault::Pass);
     // A 404 in the primary region is an answer, not an outage.
     let r = sk.get(&format!(

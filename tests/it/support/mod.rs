@@ -114,6 +114,14 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The TCP address in sidekey's `sidekey listening on ADDR` start-up line.
+pub fn listening_addr(line: &str) -> SocketAddr {
+    line.trim()
+        .strip_prefix("sidekey listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("not a listening line: {line:?}"))
+}
+
 /// The token every spawned sidekey expects.
 pub const TOKEN: &str = "test-token-abc123";
 
@@ -254,6 +262,18 @@ impl Sidekey {
     /// Everything the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The `/status` item for `id`.
+    pub fn status_item(&self, id: &str) -> serde_json::Value {
+        let status = self.get("/status").json();
+        status["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in /status: {status}"))
+            .clone()
     }
 
     /// AWS call attempts of `operation` so far (all outcomes), from `/metrics`.
