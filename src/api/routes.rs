@@ -338,10 +338,10 @@ impl Api {
         b: &[&str],
         compat: bool,
     ) -> Result<(), Reject> {
-        let mut seen = std::collections::HashSet::with_capacity(pairs.len());
-        for (k, _) in pairs {
+        for (i, (k, _)) in pairs.iter().enumerate() {
             if a.contains(&k.as_str()) || b.contains(&k.as_str()) {
-                if !compat && !seen.insert(k.as_str()) {
+                // Quadratic only up to the first repeat, so at most a + b known names deep.
+                if !compat && pairs[..i].iter().any(|(p, _)| p == k) {
                     return Err(Reject::new(
                         StatusCode::BAD_REQUEST,
                         "duplicate_parameter",

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use super::{
     ErrorKind, FetchResult, Key, ParamKey, Revalidation, Role, SecretFilter, SecretKey, Source,
-    SourceError, SourceFuture, Timestamp,
+    SourceError, SourceFuture, Timestamp, Via,
 };
 use crate::config::{AwsConfig, RetryMode};
 use ssm::batchable_param;
@@ -94,9 +94,8 @@ impl AwsSource {
             .map_err(|e| classify(&e))
     }
 
-    /// The clients for `key`: its `via` region, else the region in its ARN, else the default;
-    /// its role assumed with STS (checked once when the clients are built, so a role that
-    /// cannot be assumed is one clear error; the provider then refreshes before expiry).
+    /// The clients for `key`: its `via` region, else the region in its ARN, else the default
+    /// (the failover region with `failover`).
     async fn clients(&self, key: &Key, failover: bool) -> Result<Clients, SourceError> {
         let via = key.via();
         let region = if failover {
@@ -106,6 +105,17 @@ impl AwsSource {
                 .clone()
                 .or_else(|| arn_region(key).map(Arc::from))
         };
+        self.clients_in(region, via).await
+    }
+
+    /// The clients for `region` (`None`: the default) and `via`'s role, assumed with STS:
+    /// checked once when the clients are built, so a role that cannot be assumed is one clear
+    /// error; the provider then refreshes before expiry.
+    async fn clients_in(
+        &self,
+        region: Option<Arc<str>>,
+        via: &Via,
+    ) -> Result<Clients, SourceError> {
         let region = region.filter(|r| Some(r.as_ref()) != self.default.region.as_deref());
         if region.is_none() && via.role.is_none() {
             return Ok(self.default.clone());
@@ -259,13 +269,9 @@ impl AwsSource {
     /// values independently. Secrets scheduled for deletion are not listed.
     async fn list(&self, filter: &SecretFilter) -> Result<Vec<String>, SourceError> {
         use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
-        let probe = Key::Secret(SecretKey {
-            id: String::new(),
-            version_id: None,
-            version_stage: None,
-            via: filter.via.clone(),
-        });
-        let clients = self.clients(&probe, false).await?;
+        let clients = self
+            .clients_in(filter.via.region.clone(), &filter.via)
+            .await?;
         let mut filters = Vec::new();
         if let Some(prefix) = &filter.name_prefix {
             filters.push(
