@@ -96,6 +96,28 @@ fn kind_index(key: &Key) -> usize {
     }
 }
 
+/// Jitter draws for a finished batch, one per refresh call's worth of keys (ten parameters;
+/// one secret or path): keys read by one call stay together, so they are read by one call
+/// again instead of drifting into many small ones, while the calls of a batch spread out — a
+/// fleet's calls then arrive evenly instead of in bursts of each sidecar's whole set.
+#[derive(Default)]
+struct Draws {
+    /// Per kind: keys seen so far, and the current draw.
+    seen: [usize; 3],
+    unit: [f64; 3],
+}
+
+impl Draws {
+    fn next(&mut self, key: &Key) -> f64 {
+        let kind = kind_index(key);
+        if self.seen[kind].is_multiple_of(key.per_refresh_call()) {
+            self.unit[kind] = fastrand::f64();
+        }
+        self.seen[kind] += 1;
+        self.unit[kind]
+    }
+}
+
 struct Done {
     keys: Vec<Arc<Key>>,
     outcomes: Vec<Outcome>,
@@ -428,12 +450,11 @@ impl Scheduler {
         let mut map = (*self.store.snapshot()).clone();
         let mut replies = Vec::with_capacity(done.keys.len());
         let wall = std::time::SystemTime::now();
-        // One jitter draw per batch: keys fetched together stay together, so they are
-        // refreshed in one batch again instead of drifting into many small ones.
-        let unit = fastrand::f64();
+        let mut draws = Draws::default();
         for ((key, outcome), rotation) in
             done.keys.into_iter().zip(done.outcomes).zip(done.rotations)
         {
+            let unit = draws.next(&key);
             let result = self.apply(&mut map, &key, outcome, now);
             // Wall-clock rotation date → scheduler time; a date already past is no plan.
             let rotation = rotation

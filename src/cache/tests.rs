@@ -149,6 +149,7 @@ async fn unchanged_secrets_are_revalidated_not_refetched() {
         Calls {
             fetches: 1,
             keys: 1,
+            parameter_calls: 0,
             describes: 1
         }
     );
@@ -159,6 +160,7 @@ async fn unchanged_secrets_are_revalidated_not_refetched() {
         Calls {
             fetches: 2,
             keys: 2,
+            parameter_calls: 0,
             describes: 2
         }
     );
@@ -276,6 +278,7 @@ async fn ttl_zero_revalidates_every_read() {
         Calls {
             fetches: 1,
             keys: 1,
+            parameter_calls: 0,
             describes: 2
         }
     );
@@ -444,4 +447,52 @@ async fn a_throttled_prefetch_waits_for_its_retry_instead_of_starting_empty() {
     let report = prefetch.await.unwrap().unwrap();
     assert_eq!((report.ok, report.failed.len()), (1, 0));
     assert_eq!(h.text(&secret("db")).await.unwrap().0, "v");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_calls_spread_out_but_each_stays_one_call() {
+    fastrand::seed(7);
+    let mut s = settings();
+    s.jitter = 0.1;
+    let h = Harness::new(s);
+    let interval = Duration::from_secs(300);
+    let mut targets: Vec<Target> = (0..100)
+        .map(|i| {
+            let name = format!("/app/p{i:03}");
+            h.fake.put_parameter(&name, "v");
+            Target {
+                key: param(&name),
+                interval,
+            }
+        })
+        .collect();
+    h.fake.put_secret("db", "v");
+    targets.push(Target {
+        key: secret("db"),
+        interval,
+    });
+    h.cache.configure(targets).await.unwrap();
+    assert_eq!(
+        h.calls().parameter_calls,
+        10,
+        "prefetch: ten GetParameters calls"
+    );
+    let before = h.calls();
+    let rounds = 10;
+    sleep(interval * rounds).await;
+    let (calls, fetches) = (
+        h.calls().parameter_calls - before.parameter_calls,
+        h.calls().fetches - before.fetches,
+    );
+    // Each call's ten keys refresh together every 270–300 s (the first refresh anywhere in
+    // the first interval): 10 × (10…11) calls if groups never split.
+    assert!(
+        (100..=110).contains(&calls),
+        "{calls} GetParameters calls in {rounds} intervals"
+    );
+    // One jitter draw per batch would refresh all 100 together: one fetch per interval.
+    assert!(
+        fetches >= 3 * rounds as usize,
+        "{fetches} fetches in {rounds} intervals: the calls did not spread out"
+    );
 }

@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{
-    ErrorKind, FetchResult, Key, ParamKey, Revalidation, Role, SecretFilter, SecretKey, Source,
-    SourceError, SourceFuture, Timestamp, Via,
+    ErrorKind, FetchResult, Key, PARAMETERS_PER_CALL, ParamKey, Revalidation, Role, SecretFilter,
+    SecretKey, Source, SourceError, SourceFuture, Timestamp, Via,
 };
 use crate::config::{AwsConfig, RetryMode};
 use ssm::batchable_param;
@@ -29,8 +29,6 @@ mod ssm;
 
 /// BatchGetSecretValue accepts at most 20 ids.
 const SECRET_BATCH: usize = 20;
-/// GetParameters accepts at most 10 names; GetParametersByPath pages hold at most 10.
-const PARAM_BATCH: usize = 10;
 
 /// The AWS source: clients per (region, role), built on first use and kept. Keys read with the
 /// default identity in the default region share one set.
@@ -410,7 +408,7 @@ impl Clients {
             if idx.len() < 2 {
                 continue;
             }
-            for chunk in idx.chunks(PARAM_BATCH) {
+            for chunk in idx.chunks(PARAMETERS_PER_CALL) {
                 let ps: Vec<ParamKey> = chunk
                     .iter()
                     .filter_map(|&i| match &keys[i] {

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::memory::{Catalog, PayloadData};
 use super::{
-    FetchResult, Key, Revalidation, SecretFilter, SecretKey, Source, SourceError, SourceFuture,
+    FetchResult, Key, PARAMETERS_PER_CALL, Revalidation, SecretFilter, SecretKey, Source,
+    SourceError, SourceFuture,
 };
 
 /// The fake. All knobs take `&self` so tests can share it behind an `Arc`.
@@ -18,6 +19,7 @@ pub struct FakeSource {
     latency: Mutex<Duration>,
     fetch_calls: AtomicUsize,
     keys_fetched: AtomicUsize,
+    parameter_calls: AtomicUsize,
     describe_calls: AtomicUsize,
     rotations: Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
 }
@@ -29,6 +31,8 @@ pub struct Calls {
     pub fetches: usize,
     /// Keys across all fetches.
     pub keys: usize,
+    /// GetParameters calls the AWS source would make for those fetches (10 names per call).
+    pub parameter_calls: usize,
     /// `secret_unchanged` invocations.
     pub describes: usize,
 }
@@ -95,6 +99,7 @@ impl FakeSource {
         Calls {
             fetches: self.fetch_calls.load(Ordering::SeqCst),
             keys: self.keys_fetched.load(Ordering::SeqCst),
+            parameter_calls: self.parameter_calls.load(Ordering::SeqCst),
             describes: self.describe_calls.load(Ordering::SeqCst),
         }
     }
@@ -119,6 +124,12 @@ impl Source for FakeSource {
     fn fetch<'a>(&'a self, keys: &'a [Key]) -> SourceFuture<'a, Vec<FetchResult>> {
         self.fetch_calls.fetch_add(1, Ordering::SeqCst);
         self.keys_fetched.fetch_add(keys.len(), Ordering::SeqCst);
+        let params = keys
+            .iter()
+            .filter(|k| matches!(k, Key::Parameter(_)))
+            .count();
+        self.parameter_calls
+            .fetch_add(params.div_ceil(PARAMETERS_PER_CALL), Ordering::SeqCst);
         Box::pin(async move {
             if let Err(e) = self.delay().await {
                 return keys.iter().map(|_| Err(e.clone())).collect();

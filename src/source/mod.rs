@@ -9,6 +9,9 @@ use std::sync::Arc;
 
 use secrecy::{SecretBox, SecretString};
 
+/// GetParameters accepts at most 10 names; GetParametersByPath pages hold at most 10.
+pub const PARAMETERS_PER_CALL: usize = 10;
+
 pub mod aws;
 pub mod fake;
 pub mod file;
@@ -284,6 +287,16 @@ impl Key {
             Key::Path(k) => k.via = via,
         }
         self
+    }
+
+    /// How many keys like this one a refresh reads in one call: parameters share a
+    /// GetParameters call, while a cached secret is revalidated by its own DescribeSecret and a
+    /// path is its own paged listing.
+    pub fn per_refresh_call(&self) -> usize {
+        match self {
+            Key::Parameter(_) => PARAMETERS_PER_CALL,
+            Key::Secret(_) | Key::Path(_) => 1,
+        }
     }
 
     /// The kind of backend object as a short word, for logs and errors.

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use aws_sdk_ssm::types::Parameter;
 use secrecy::SecretString;
 
-use super::{Clients, PARAM_BATCH, classify, timestamp};
-use crate::source::{FetchResult, Fetched, Key, ParamKey, ParameterValue, PathKey, SourceError};
+use super::{Clients, classify, timestamp};
+use crate::source::{
+    FetchResult, Fetched, Key, PARAMETERS_PER_CALL, ParamKey, ParameterValue, PathKey, SourceError,
+};
 
 impl Clients {
     pub(super) async fn get_parameter(&self, key: ParamKey) -> FetchResult {
@@ -77,7 +79,7 @@ impl Clients {
                 .path(&key.path)
                 .recursive(key.recursive)
                 .with_decryption(key.decrypt)
-                .max_results(PARAM_BATCH as i32)
+                .max_results(PARAMETERS_PER_CALL as i32)
                 .set_next_token(token.take())
                 .send()
                 .await
