@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
+use crate::cache::store::Rendered;
 use crate::source::{ParameterValue, Payload, SecretValue};
 
 /// A response body: a full buffer, or a stream (the change stream's server-sent events).
@@ -167,9 +168,22 @@ impl<'a> AwsError<'a> {
 /// A JSON response.
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
     match serde_json::to_vec(body) {
-        Ok(bytes) => build(status, "application/json", bytes.into()),
+        Ok(bytes) => build(status, "application/json", wiped(bytes)),
         Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "serialization failed"),
     }
+}
+
+/// A 200 JSON response whose body is made once per cache entry: the first read serialises
+/// `body()` into `cell`, later reads of the same entry share those bytes.
+pub fn json_once<T: Serialize>(cell: &Rendered, body: impl FnOnce() -> T) -> Resp {
+    let bytes = match cell.get() {
+        Some(bytes) => bytes,
+        None => match serde_json::to_vec(&body()) {
+            Ok(bytes) => cell.set(wiped(bytes)),
+            Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "serialization failed"),
+        },
+    };
+    build(StatusCode::OK, "application/json", bytes)
 }
 
 /// A plain-text response.
@@ -177,8 +191,28 @@ pub fn text(status: StatusCode, body: &str) -> Resp {
     build(
         status,
         "text/plain; charset=utf-8",
-        Bytes::copy_from_slice(body.as_bytes()),
+        wiped(body.as_bytes().to_vec()),
     )
+}
+
+/// Response bytes that are zeroed when the last reference to them is dropped: bodies carry
+/// secret values, and freed memory is not ours to leave them in.
+pub fn wiped(bytes: Vec<u8>) -> Bytes {
+    Bytes::from_owner(Wiped(bytes))
+}
+
+struct Wiped(Vec<u8>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 /// A response with the given content type. Secrets must never be cached by intermediaries.

@@ -500,8 +500,8 @@ fn compat_answer(result: Result<Hit, CacheError>) -> Resp {
         }
     };
     let resp = match &hit.entry.value {
-        Fetched::Secret(s) => dto::json(StatusCode::OK, &SecretDto::new(s)),
-        Fetched::Parameter(p) => dto::json(StatusCode::OK, &ParameterEnvelope::new(p)),
+        Fetched::Secret(s) => dto::json_once(&hit.entry.rendered, || SecretDto::new(s)),
+        Fetched::Parameter(p) => dto::json_once(&hit.entry.rendered, || ParameterEnvelope::new(p)),
         Fetched::Path(_) => return Reject::internal().into_response(Family::Compat),
     };
     fresh(resp, &hit)

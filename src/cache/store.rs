@@ -6,11 +6,13 @@
 //! render) always sees one consistent snapshot.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -46,7 +48,38 @@ pub struct Entry {
     pub failure: Option<Failure>,
     /// The store generation in which this version of the value appeared.
     pub changed: u64,
+    /// The value's compatible-route response body, made by the first read that needs it.
+    pub rendered: Rendered,
     last_used: AtomicU64,
+}
+
+/// A response body made once from an entry's value and shared by every later read of that
+/// entry (entries are immutable, so it cannot go out of date). It holds the secret: its
+/// `Debug` shows only whether it is set.
+#[derive(Default)]
+pub struct Rendered(OnceLock<Bytes>);
+
+impl Rendered {
+    /// The body, if a read has made it.
+    pub fn get(&self) -> Option<Bytes> {
+        self.0.get().cloned()
+    }
+
+    /// Keeps `body` unless another read got there first; returns the one kept.
+    pub fn set(&self, body: Bytes) -> Bytes {
+        self.0.get_or_init(|| body).clone()
+    }
+}
+
+impl fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = if self.0.get().is_some() {
+            "set"
+        } else {
+            "unset"
+        };
+        write!(f, "Rendered({state})")
+    }
 }
 
 /// Why an entry is in the store.
@@ -88,7 +121,11 @@ impl Store {
     /// Looks a key up and marks it used. Never blocks.
     pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
         let entry = self.map.load().get(key).cloned()?;
-        entry.last_used.store(self.tick(), Ordering::Relaxed);
+        // Only on-demand entries are evicted by recency; configured ones skip the shared
+        // clock, which every core would otherwise write on every read.
+        if entry.origin == Origin::OnDemand {
+            entry.last_used.store(self.tick(), Ordering::Relaxed);
+        }
         Some(entry)
     }
 
@@ -176,6 +213,7 @@ impl Entry {
             expires_at,
             failure,
             changed: 0,
+            rendered: Rendered::default(),
             last_used: AtomicU64::new(0),
         }
     }

@@ -1,7 +1,6 @@
 //! sidekey's own routes: `/secret`, `/parameter`, `/parameters`. Any REF syntax, JSON key or
 //! pointer selection, `raw=true` for shell use, one JSON error shape with a stable `code`.
 
-use bytes::Bytes;
 use http::StatusCode;
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -52,7 +51,7 @@ impl Api {
             Payload::Text(t) => (select_value(t.expose_secret(), select.as_ref())?, None),
             Payload::Binary(b) if select.is_none() => {
                 if raw {
-                    let body = Bytes::copy_from_slice(b.expose_secret());
+                    let body = dto::wiped(b.expose_secret().to_vec());
                     return Ok(fresh(
                         dto::build(StatusCode::OK, "application/octet-stream", body),
                         &hit,

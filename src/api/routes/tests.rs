@@ -487,3 +487,39 @@ async fn status_lists_items_and_metrics_count_requests_without_values() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn compatible_bodies_are_made_once_per_version_and_hidden_from_debug() {
+    let t = setup(false);
+    let uri = "/secretsmanager/get?secretId=db";
+    let (s, first) = t.get(uri).await;
+    assert_eq!(
+        (
+            s,
+            json(&first)["SecretString"]
+                .as_str()
+                .map(|v| v.contains("v2"))
+        ),
+        (200, Some(true))
+    );
+    let key = Key::Secret(crate::source::SecretKey::current("db"));
+    let entry = t.api.cache.store().get(&key).unwrap();
+    let kept = entry.rendered.get().expect("the first read keeps its body");
+    assert_eq!(kept, first.as_bytes());
+    assert_eq!(
+        t.get(uri).await,
+        (200, first.clone()),
+        "later reads share it"
+    );
+    let debug = format!("{entry:?}");
+    assert!(
+        debug.contains("Rendered(set)") && !debug.contains("admin"),
+        "{debug}"
+    );
+    // A new version is a new entry with a body of its own.
+    t.fake.put_secret("db", "{\"password\":\"v3\"}");
+    let (s, fresh) = t.get(&format!("{uri}&refreshNow=true")).await;
+    assert_eq!(s, 200);
+    assert!(fresh.contains("v3") && !fresh.contains("v2"), "{fresh}");
+    assert_eq!(t.get(uri).await, (200, fresh));
+}
