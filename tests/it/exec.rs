@@ -316,3 +316,20 @@ fn template_commands_keep_their_exit_status_under_exec() {
     assert!(err.contains("exit status: 3"), "{err}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "rotated");
 }
+
+/// The server turns transparent huge pages off for itself; the flag survives `execve`, so exec
+/// mode must leave it alone for the command.
+#[test]
+fn the_command_keeps_the_huge_page_setting_it_would_have_had() {
+    let Some(ours) = crate::support::thp_enabled(std::process::id()) else {
+        return; // a kernel without THP_enabled in /proc/PID/status
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = output(&mut sidekey_exec(
+        &dir,
+        &["--", "sh", "-c", "grep THP_enabled /proc/self/status"],
+        &[],
+    ));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.split_whitespace().nth(1), Some(ours.as_str()), "{out}");
+}

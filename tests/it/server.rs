@@ -483,9 +483,9 @@ fn the_allow_list_limits_what_any_route_serves() {
     }
 }
 
-/// Core dumps are off unless `process.core_dumps = true`.
+/// Core dumps are off unless `process.core_dumps = true`; so are transparent huge pages.
 #[test]
-fn core_dumps_are_off_by_default() {
+fn core_dumps_and_huge_pages_are_off_by_default() {
     let core_limit = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/limits"))
             .unwrap()
@@ -503,6 +503,14 @@ fn core_dumps_are_off_by_default() {
     let (spawn, _values) = Spawn::file(VALUES, "");
     let sk = spawn.start();
     assert_eq!(core_limit(sk.child.id()), "0 0");
+    // Transparent huge pages are off for the server (small arenas stay small).
+    if let Some(ours) = crate::support::thp_enabled(std::process::id()) {
+        assert_eq!(ours, "1", "the test runs with THP allowed");
+        assert_eq!(
+            crate::support::thp_enabled(sk.child.id()).as_deref(),
+            Some("0")
+        );
+    }
     let (spawn, _values) = Spawn::file(VALUES, "[process]\ncore_dumps = true\n");
     let sk = spawn.start();
     assert_eq!(

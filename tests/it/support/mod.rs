@@ -114,6 +114,15 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The `THP_enabled` field of a process's status (`None` on kernels without it).
+pub fn thp_enabled(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_owned())
+}
+
 /// The TCP address in sidekey's `sidekey listening on ADDR` start-up line.
 pub fn listening_addr(line: &str) -> SocketAddr {
     line.trim()
