@@ -408,7 +408,7 @@ pub async fn get_once(
         .unwrap_or_else(|| Err(SourceError::not_found(&r.key)))?;
     use secrecy::ExposeSecret;
     let text = match &fetched {
-        Fetched::Secret(s) => match &s.payload {
+        Fetched::Secret(s) => match &*s.payload {
             Payload::Text(t) => t.expose_secret().to_owned(),
             Payload::Binary(b) if r.select.is_none() => return Ok(b.expose_secret().to_vec()),
             Payload::Binary(_) => {

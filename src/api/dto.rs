@@ -121,7 +121,7 @@ pub struct NativeParameter<'a> {
 impl<'a> SecretDto<'a> {
     /// The PSLE shape of a secret version.
     pub fn new(s: &'a SecretValue) -> Self {
-        let (string, binary) = match &s.payload {
+        let (string, binary) = match &*s.payload {
             Payload::Text(t) => (Some(t.expose_secret()), None),
             Payload::Binary(b) => (None, Some(BASE64_STANDARD.encode(b.expose_secret()))),
         };

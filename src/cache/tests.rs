@@ -63,7 +63,7 @@ impl Drop for Harness {
 
 fn value_text(v: &Fetched) -> String {
     match v {
-        Fetched::Secret(s) => match &s.payload {
+        Fetched::Secret(s) => match &*s.payload {
             Payload::Text(t) => t.expose_secret().to_owned(),
             Payload::Binary(_) => "<binary>".into(),
         },

@@ -232,7 +232,7 @@ fn value_of(
                 Value::from(p.value.expose_secret().to_owned()),
             )
         }))),
-        (Fetched::Secret(sv), _) if matches!(sv.payload, Payload::Binary(_)) && sel.is_some() => {
+        (Fetched::Secret(sv), _) if matches!(*sv.payload, Payload::Binary(_)) && sel.is_some() => {
             Err(Error::new(
                 ErrorKind::InvalidOperation,
                 "cannot select a key from a binary secret",

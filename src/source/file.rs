@@ -281,7 +281,7 @@ stages = ["AWSCURRENT"]
         ];
         let got = src.fetch(&keys).await;
         let text = |f: &FetchResult| match f {
-            Ok(Fetched::Secret(s)) => match &s.payload {
+            Ok(Fetched::Secret(s)) => match &*s.payload {
                 Payload::Text(t) => t.expose_secret().to_owned(),
                 Payload::Binary(b) => format!("{:?}", b.expose_secret()),
             },

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
-use secrecy::{SecretBox, SecretString};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
 
 use super::{
     FetchResult, Fetched, Key, ParamKey, ParamSelector, ParameterValue, PathKey, Payload,
@@ -20,11 +20,11 @@ const PREVIOUS: &str = "AWSPREVIOUS";
 /// Secrets (with versions and stages) and parameters (with versions and labels).
 #[derive(Default)]
 pub struct Catalog {
-    secrets: BTreeMap<String, Vec<SecretVersion>>,
+    secrets: BTreeMap<String, Vec<Stored>>,
     params: BTreeMap<String, ParamEntry>,
 }
 
-/// One stored secret version.
+/// One secret version to store.
 pub struct SecretVersion {
     /// Version id.
     pub id: String,
@@ -32,6 +32,28 @@ pub struct SecretVersion {
     pub payload: PayloadData,
     /// Staging labels.
     pub stages: Vec<String>,
+}
+
+/// A stored secret version. The payload is built once and shared with every value handed out,
+/// so a cached value costs no second copy (and sits in zeroizing types from the start).
+struct Stored {
+    id: String,
+    payload: Arc<Payload>,
+    stages: Vec<String>,
+}
+
+impl From<SecretVersion> for Stored {
+    fn from(v: SecretVersion) -> Self {
+        let payload = match v.payload {
+            PayloadData::Text(t) => Payload::Text(SecretString::from(t)),
+            PayloadData::Binary(b) => Payload::Binary(SecretBox::new(b.into_boxed_slice())),
+        };
+        Self {
+            id: v.id,
+            payload: Arc::new(payload),
+            stages: v.stages,
+        }
+    }
 }
 
 /// A payload before it is wrapped for the cache.
@@ -50,7 +72,7 @@ struct ParamEntry {
 }
 
 struct ParamVersion {
-    value: String,
+    value: Arc<SecretString>,
     labels: Vec<String>,
 }
 
@@ -68,11 +90,14 @@ impl Catalog {
                 *s = PREVIOUS.to_owned();
             }
         }
-        versions.push(SecretVersion {
-            id: id.clone(),
-            payload,
-            stages: vec![CURRENT.to_owned()],
-        });
+        versions.push(
+            SecretVersion {
+                id: id.clone(),
+                payload,
+                stages: vec![CURRENT.to_owned()],
+            }
+            .into(),
+        );
         id
     }
 
@@ -81,7 +106,7 @@ impl Catalog {
         self.secrets
             .entry(name.to_owned())
             .or_default()
-            .push(version);
+            .push(version.into());
     }
 
     /// Removes a secret entirely.
@@ -103,7 +128,7 @@ impl Catalog {
             v.labels.retain(|l| !labels.contains(l));
         }
         entry.versions.push(ParamVersion {
-            value: value.to_owned(),
+            value: Arc::new(SecretString::from(value)),
             labels: labels.to_vec(),
         });
         entry.versions.len() as i64
@@ -139,7 +164,7 @@ impl Catalog {
         Ok(select_version(versions, key).is_some_and(|v| v.id == version_id))
     }
 
-    fn secret_versions(&self, key: &SecretKey) -> Result<&[SecretVersion], SourceError> {
+    fn secret_versions(&self, key: &SecretKey) -> Result<&[Stored], SourceError> {
         let name = key.id.rsplit(":secret:").next().unwrap_or(&key.id);
         self.secrets
             .get(name)
@@ -158,10 +183,7 @@ impl Catalog {
             version_id: v.id.clone(),
             version_stages: v.stages.clone(),
             created_date: Some(Timestamp::new(0, 0)),
-            payload: match &v.payload {
-                PayloadData::Text(t) => Payload::Text(SecretString::from(t.as_str())),
-                PayloadData::Binary(b) => Payload::Binary(SecretBox::new(b.clone().into())),
-            },
+            payload: v.payload.clone(),
             region: None,
         }))
     }
@@ -213,7 +235,7 @@ impl Catalog {
     }
 }
 
-fn select_version<'a>(versions: &'a [SecretVersion], key: &SecretKey) -> Option<&'a SecretVersion> {
+fn select_version<'a>(versions: &'a [Stored], key: &SecretKey) -> Option<&'a Stored> {
     let stage = key.version_stage.as_deref();
     versions.iter().find(|v| {
         key.version_id.as_deref().is_none_or(|id| v.id == id)
@@ -233,7 +255,8 @@ fn param_value(
 ) -> ParameterValue {
     let value = if entry.kind == "SecureString" && !key.decrypt {
         // No KMS here: an opaque stand-in marks the value as not decrypted.
-        format!("encrypted:{}", BASE64_STANDARD.encode(v.value.as_bytes()))
+        let sealed = BASE64_STANDARD.encode(v.value.expose_secret().as_bytes());
+        Arc::new(SecretString::from(format!("encrypted:{sealed}")))
     } else {
         v.value.clone()
     };
@@ -244,7 +267,7 @@ fn param_value(
         ),
         name: name.to_owned(),
         kind: entry.kind.clone(),
-        value: SecretString::from(value),
+        value,
         version: index as i64 + 1,
         last_modified: Some(Timestamp::new(0, 0)),
         data_type: Some("text".to_owned()),
@@ -257,11 +280,10 @@ fn param_value(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     fn text(f: FetchResult) -> String {
         match f {
-            Ok(Fetched::Secret(s)) => match &s.payload {
+            Ok(Fetched::Secret(s)) => match &*s.payload {
                 Payload::Text(t) => t.expose_secret().to_owned(),
                 Payload::Binary(_) => "binary".into(),
             },
@@ -339,5 +361,28 @@ mod tests {
         };
         assert_eq!(text(c.get(&path(false))), "/app/a");
         assert_eq!(text(c.get(&path(true))), "/app/a,/app/sub/b");
+    }
+
+    #[test]
+    fn values_handed_out_share_the_stored_payload() {
+        let mut c = Catalog::default();
+        c.put_secret("db", PayloadData::Text("s3cret".into()));
+        c.put_parameter("/p", "String", "v", &[]);
+        let key = Key::Secret(SecretKey::current("db"));
+        let (Ok(Fetched::Secret(a)), Ok(Fetched::Secret(b))) = (c.get(&key), c.get(&key)) else {
+            panic!("db is a secret");
+        };
+        assert!(Arc::ptr_eq(&a.payload, &b.payload), "no copy per read");
+        let key = Key::Parameter(ParamKey {
+            name: "/p".into(),
+            selector: None,
+            decrypt: true,
+            via: crate::source::Via::default(),
+        });
+        let (Ok(Fetched::Parameter(a)), Ok(Fetched::Parameter(b))) = (c.get(&key), c.get(&key))
+        else {
+            panic!("/p is a parameter");
+        };
+        assert!(Arc::ptr_eq(&a.value, &b.value), "no copy per read");
     }
 }

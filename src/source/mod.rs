@@ -189,8 +189,8 @@ pub struct SecretValue {
     pub created_date: Option<Timestamp>,
     /// AWS region it was read in (`None`: not from AWS).
     pub region: Option<Arc<str>>,
-    /// The payload.
-    pub payload: Payload,
+    /// The payload; shared, not copied, by sources that keep it (the local file source).
+    pub payload: Arc<Payload>,
 }
 
 /// `SecretString` or `SecretBinary`.
@@ -211,8 +211,8 @@ pub struct ParameterValue {
     pub name: String,
     /// `String`, `StringList` or `SecureString`.
     pub kind: String,
-    /// Value (decrypted only when asked).
-    pub value: SecretString,
+    /// Value (decrypted only when asked); shared like [`SecretValue::payload`].
+    pub value: Arc<SecretString>,
     /// Version number.
     pub version: i64,
     /// Last modification time.
@@ -446,7 +446,7 @@ impl Fetched {
         use base64::prelude::{BASE64_STANDARD, Engine as _};
         use secrecy::ExposeSecret;
         match self {
-            Fetched::Secret(s) => Some(match &s.payload {
+            Fetched::Secret(s) => Some(match &*s.payload {
                 Payload::Text(t) => t.expose_secret().to_owned(),
                 Payload::Binary(b) => BASE64_STANDARD.encode(b.expose_secret()),
             }),
@@ -459,7 +459,7 @@ impl Fetched {
     pub fn weight(&self) -> usize {
         use secrecy::ExposeSecret;
         match self {
-            Fetched::Secret(s) => match &s.payload {
+            Fetched::Secret(s) => match &*s.payload {
                 Payload::Text(t) => t.expose_secret().len(),
                 Payload::Binary(b) => b.expose_secret().len(),
             },
@@ -609,7 +609,7 @@ mod tests {
             version_id: "v".into(),
             version_stages: vec![],
             created_date: None,
-            payload: Payload::Text(SecretString::from("hunter2-value")),
+            payload: Arc::new(Payload::Text(SecretString::from("hunter2-value"))),
             region: None,
         }));
         let b = Payload::Binary(SecretBox::new(b"bin-value".to_vec().into()));
@@ -628,7 +628,7 @@ mod tests {
                 arn: String::new(),
                 name: name.into(),
                 kind: "String".into(),
-                value: SecretString::from("v"),
+                value: Arc::new(SecretString::from("v")),
                 version,
                 last_modified: None,
                 data_type: None,

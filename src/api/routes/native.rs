@@ -47,7 +47,7 @@ impl Api {
         let Fetched::Secret(s) = &hit.entry.value else {
             return Err(Reject::internal());
         };
-        let (value, encoding) = match &s.payload {
+        let (value, encoding) = match &*s.payload {
             Payload::Text(t) => (select_value(t.expose_secret(), select.as_ref())?, None),
             Payload::Binary(b) if select.is_none() => {
                 if raw {

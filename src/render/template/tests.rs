@@ -16,7 +16,7 @@ fn secret(map: &mut Map, id: &str, value: &str) {
         version_id: "v1".into(),
         version_stages: vec!["AWSCURRENT".into()],
         created_date: None,
-        payload: Payload::Text(SecretString::from(value)),
+        payload: Arc::new(Payload::Text(SecretString::from(value))),
         region: None,
     }));
     let key = Key::Secret(SecretKey::current(id));
@@ -31,7 +31,7 @@ fn param(name: &str, value: &str) -> Arc<ParameterValue> {
         arn: String::new(),
         name: name.into(),
         kind: "String".into(),
-        value: SecretString::from(value),
+        value: Arc::new(SecretString::from(value)),
         version: 1,
         last_modified: None,
         data_type: None,

@@ -167,7 +167,7 @@ pub(super) fn secret_value(p: SecretParts<'_>) -> FetchResult {
         version_id: p.version_id.unwrap_or_default().to_owned(),
         version_stages: p.stages.to_vec(),
         created_date: p.created.map(timestamp),
-        payload,
+        payload: Arc::new(payload),
         region: p.region,
     })))
 }

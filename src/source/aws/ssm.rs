@@ -112,7 +112,7 @@ fn parameter_value(p: &Parameter, key: &ParamKey, region: &Option<Arc<str>>) -> 
         arn: p.arn().unwrap_or_default().to_owned(),
         name: p.name().unwrap_or_default().to_owned(),
         kind: p.r#type().map_or("String", |t| t.as_str()).to_owned(),
-        value: SecretString::from(p.value().unwrap_or_default()),
+        value: Arc::new(SecretString::from(p.value().unwrap_or_default())),
         version: p.version(),
         last_modified: p.last_modified_date().map(timestamp),
         data_type: p.data_type().map(str::to_owned),
