@@ -10,7 +10,8 @@
 //! served value, and reads that would have failed (an item missing after its sidecar was up).
 //!
 //! `cargo bench --bench fleet` (defaults: 1000 sidecars × 50 parameters, 5 min refresh, 40
-//! TPS, 40 simulated minutes); `-- --sidecars 200 --minutes 20 --tps 40 --interval 300`.
+//! TPS, 40 simulated minutes); `-- --sidecars 200 --minutes 20 --tps 40 --interval 300
+//! --backoff-max 300 --only all` (`--only rolling|all` runs one scenario).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,10 @@ struct Args {
     interval: u64,
     tps: f64,
     minutes: u64,
+    /// Longest retry delay (`cache.backoff_max`), seconds.
+    backoff_max: u64,
+    /// Run only the scenario whose name starts with this (`rolling`, `all`).
+    only: Option<String>,
 }
 
 /// The shared account: a token bucket and a per-second call log.
@@ -179,9 +184,11 @@ async fn simulate(a: &Args, simultaneous: bool) -> Outcome {
             tracker.clone(),
         );
         let params = a.params;
+        let mut settings = Settings::default();
+        settings.backoff.max = Duration::from_secs(a.backoff_max);
         tracker.spawn(async move {
             tokio::time::sleep(start).await;
-            let cache = Cache::start(source, Settings::default(), stop, &tracker2);
+            let cache = Cache::start(source, settings, stop, &tracker2);
             let targets = (0..params)
                 .map(|i| Target {
                     key: key(i),
@@ -252,10 +259,16 @@ fn parse_args() -> Args {
         interval: 300,
         tps: 40.0,
         minutes: 40,
+        backoff_max: Settings::default().backoff.max.as_secs(),
+        only: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
+        if flag == "--only" {
+            a.only = it.next().cloned();
+            continue;
+        }
         let mut value = || it.next().and_then(|v| v.parse::<f64>().ok());
         match flag.as_str() {
             "--sidecars" => a.sidecars = value().map_or(a.sidecars, |v| v as usize),
@@ -263,6 +276,7 @@ fn parse_args() -> Args {
             "--interval" => a.interval = value().map_or(a.interval, |v| v as u64),
             "--tps" => a.tps = value().unwrap_or(a.tps),
             "--minutes" => a.minutes = value().map_or(a.minutes, |v| v as u64),
+            "--backoff-max" => a.backoff_max = value().map_or(a.backoff_max, |v| v as u64),
             _ => {} // cargo bench passes `--bench`.
         }
     }
@@ -272,14 +286,20 @@ fn parse_args() -> Args {
 fn main() {
     let a = parse_args();
     println!(
-        "fleet model: {} sidecars × {} parameters, refresh {} s (sidekey defaults: jitter 0.1, batch window 5 s, backoff 1 s…300 s), quota {} calls/s, {} simulated minutes",
-        a.sidecars, a.params, a.interval, a.tps, a.minutes
+        "fleet model: {} sidecars × {} parameters, refresh {} s (sidekey defaults: jitter 0.1, batch window 5 s, backoff 1 s…{} s), quota {} calls/s, {} simulated minutes",
+        a.sidecars, a.params, a.interval, a.backoff_max, a.tps, a.minutes
     );
     println!(
         "ideal steady state: {:.1} calls/s",
         (a.sidecars * a.params.div_ceil(BATCH)) as f64 / a.interval as f64
     );
     for (name, simultaneous) in [("rolling start", false), ("all at once", true)] {
+        if a.only
+            .as_ref()
+            .is_some_and(|o| !name.starts_with(o.as_str()))
+        {
+            continue;
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)

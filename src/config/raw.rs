@@ -459,7 +459,9 @@ impl Default for RawCache {
             max_stale: secs(6 * 3600),
             jitter: 0.1,
             backoff_min: secs(1),
-            backoff_max: secs(300),
+            // 60 s, not the 5 min refresh interval: after a fleet-wide restart the quota sat
+            // idle while throttled items waited out long backoffs (fleet model, BENCHMARKS.md).
+            backoff_max: secs(60),
             batch_window: secs(5),
             on_prefetch_error: "degrade".into(),
         }
